@@ -1,0 +1,1 @@
+int veil_baseline_placeholder(void);

@@ -1,0 +1,79 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Veil: privacy-preserving customer inquiries. Seven services that talk only
+/// through Kafka topics carrying signed, encrypted envelopes and persist to
+/// PostgreSQL. See README.md and docs/ARCHITECTURE.md.
+let services: [(target: String, folder: String)] = [
+    ("ingress", "Ingress"),
+    ("anonymizer", "Anonymizer"),
+    ("key-vault", "KeyVault"),
+    ("matcher", "Matcher"),
+    ("merger", "Merger"),
+    ("dispatcher", "Dispatcher"),
+    ("technician-alerter", "TechnicianAlerter"),
+]
+
+let log = Target.Dependency.product(name: "Logging", package: "swift-log")
+let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+
+let package = Package(
+    name: "veil",
+    platforms: [.macOS(.v15)],
+    products: services.map { .executable(name: $0.target, targets: [$0.target]) } + [
+        .executable(name: "veilctl", targets: ["veilctl"]),
+        .executable(name: "veil-dev-broker", targets: ["veil-dev-broker"]),
+        .executable(name: "veil-bench", targets: ["veil-bench"]),
+        .library(name: "VeilKafka", targets: ["VeilKafka"]),
+        .library(name: "VeilStore", targets: ["VeilStore"]),
+        .library(name: "VeilService", targets: ["VeilService"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    ],
+    targets: [
+        // MARK: Shared libraries
+        .systemLibrary(name: "CRdKafka", path: "Shared/CRdKafka", pkgConfig: "rdkafka",
+                       providers: [.apt(["librdkafka-dev"])]),
+        .target(name: "VeilCore", dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+                path: "Shared/VeilCore"),
+        .target(name: "VeilKafka", dependencies: ["CRdKafka", "VeilCore", log, lifecycle], path: "Shared/VeilKafka"),
+        .target(name: "VeilStore", dependencies: [
+            log, lifecycle,
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+        ], path: "Shared/VeilStore"),
+        .target(name: "VeilContracts", dependencies: [], path: "Shared/VeilContracts"),
+        .target(name: "VeilService", dependencies: [
+            "VeilKafka", "VeilStore", "VeilContracts", log, lifecycle,
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+        ], path: "Shared/VeilService"),
+    ] + services.map {
+        .executableTarget(name: $0.target, dependencies: ["VeilService"], path: "Services/\($0.folder)")
+    } + [
+        // MARK: Tools
+        .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", argumentParser],
+                          path: "Tools/veil-dev-broker"),
+        .executableTarget(name: "veilctl", dependencies: ["VeilService", argumentParser], path: "Tools/veilctl"),
+
+        // MARK: Benchmarks
+        .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
+        .executableTarget(name: "veil-bench", dependencies: ["VeilKafka", "CKafkaBaseline", argumentParser],
+                          path: "Benchmarks/veil-bench"),
+
+        // MARK: Tests
+        .testTarget(name: "VeilKafkaTests", dependencies: ["VeilKafka"], path: "Tests/VeilKafkaTests"),
+        .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore"], path: "Tests/VeilStoreTests"),
+        .testTarget(name: "VeilServiceTests", dependencies: ["VeilService"], path: "Tests/VeilServiceTests"),
+    ],
+    swiftLanguageModes: [.v6]
+)

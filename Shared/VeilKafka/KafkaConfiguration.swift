@@ -1,0 +1,99 @@
+/// Connection settings shared by producers, consumers and the admin client.
+///
+/// `properties` passes any librdkafka property through unchanged, which is how
+/// TLS and SASL reach a real cluster (`security.protocol`, `ssl.ca.location`,
+/// `sasl.mechanism`, `sasl.username`, …). Veil's own settings win over them.
+public struct KafkaConfiguration: Sendable {
+    /// Comma-separated `host:port` list.
+    public var bootstrapServers: String
+    /// Shown in broker logs and quotas; defaults to the service name.
+    public var clientID: String
+    /// Extra librdkafka properties (security, tuning).
+    public var properties: [String: String]
+
+    public init(bootstrapServers: String, clientID: String = "veil", properties: [String: String] = [:]) {
+        self.bootstrapServers = bootstrapServers
+        self.clientID = clientID
+        self.properties = properties
+    }
+
+    var baseProperties: [String: String] {
+        var all = properties
+        all["bootstrap.servers"] = bootstrapServers
+        all["client.id"] = clientID
+        all["log_level"] = all["log_level"] ?? "3"
+        return all
+    }
+}
+
+/// Producer settings. Idempotence (acks=all, no duplicates from internal retries) is on by default.
+public struct ProducerConfiguration: Sendable {
+    public var kafka: KafkaConfiguration
+    /// `enable.idempotence`; implies acks=all.
+    public var idempotent: Bool = true
+    /// How long librdkafka may batch messages before sending (`linger.ms`).
+    public var lingerMilliseconds: Int = 5
+    /// The local queue bound. When it is full, `send` waits (backpressure) instead of failing.
+    public var maxQueuedMessages: Int = 100_000
+    /// How long librdkafka keeps trying to deliver a message before reporting failure
+    /// (`delivery.timeout.ms`). Long by default so a broker restart is ridden out.
+    public var deliveryTimeoutMilliseconds: Int = 300_000
+    /// Set to use transactions (only for real Kafka clusters; see docs/ARCHITECTURE.md).
+    public var transactionalID: String? = nil
+
+    public init(kafka: KafkaConfiguration) { self.kafka = kafka }
+
+    var properties: [String: String] {
+        var p = kafka.baseProperties
+        p["enable.idempotence"] = idempotent ? "true" : "false"
+        if idempotent { p["acks"] = "all" }
+        p["linger.ms"] = String(lingerMilliseconds)
+        p["queue.buffering.max.messages"] = String(maxQueuedMessages)
+        p["delivery.timeout.ms"] = String(deliveryTimeoutMilliseconds)
+        if let transactionalID {
+            p["transactional.id"] = transactionalID
+            // librdkafka requires delivery.timeout.ms <= transaction.timeout.ms.
+            p["transaction.timeout.ms"] = String(max(60_000, deliveryTimeoutMilliseconds))
+        }
+        return p
+    }
+}
+
+/// Consumer-group settings. Offsets are stored only for processed messages and
+/// committed from there; nothing unprocessed is ever committed.
+public struct ConsumerConfiguration: Sendable {
+    public enum OffsetReset: String, Sendable { case earliest, latest }
+
+    public var kafka: KafkaConfiguration
+    public var groupID: String
+    public var topics: [String]
+    public var offsetReset: OffsetReset = .earliest
+    public var sessionTimeoutMilliseconds: Int = 10_000
+    /// How often stored (processed) offsets are committed in the background.
+    public var commitIntervalMilliseconds: Int = 1_000
+    /// Messages fetched but not yet taken by the application; the poll thread waits beyond it.
+    public var maxBufferedMessages: Int = 10_000
+    /// Messages handed over in one batch.
+    public var maxBatchSize: Int = 500
+    /// Read only committed transactional messages.
+    public var readCommitted: Bool = true
+
+    public init(kafka: KafkaConfiguration, groupID: String, topics: [String]) {
+        self.kafka = kafka
+        self.groupID = groupID
+        self.topics = topics
+    }
+
+    var properties: [String: String] {
+        var p = kafka.baseProperties
+        p["group.id"] = groupID
+        p["auto.offset.reset"] = offsetReset.rawValue
+        p["enable.auto.offset.store"] = "false"
+        p["enable.auto.commit"] = "true"
+        p["auto.commit.interval.ms"] = String(commitIntervalMilliseconds)
+        p["session.timeout.ms"] = String(sessionTimeoutMilliseconds)
+        p["isolation.level"] = readCommitted ? "read_committed" : "read_uncommitted"
+        p["enable.partition.eof"] = "false"
+        return p
+    }
+}

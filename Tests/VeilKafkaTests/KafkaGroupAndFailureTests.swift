@@ -1,0 +1,151 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import VeilKafka
+
+@Suite("Consumer groups, crashes and broker failures", .timeLimit(.minutes(3)))
+struct KafkaGroupAndFailureTests {
+    @Test("two members share the partitions; when one leaves, the other takes them over and nothing is lost")
+    func groupSharesAndTakesOver() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 4)
+        let producer = try kafka.producer()
+        let first = try kafka.consumer(group: "shared", topics: [topic])
+        let second = try kafka.consumer(group: "shared", topics: [topic])
+
+        // Wait until both members hold partitions: the group split the four between them.
+        try await within(60, "both members to be assigned") {
+            while first.assignment.isEmpty || second.assignment.isEmpty
+                    || first.assignment.count + second.assignment.count != 4 {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        #expect(first.assignment.isDisjoint(with: second.assignment))
+
+        try await producer.send(batch: (0..<200).map { i in
+            OutgoingMessage(topic: topic, key: "k\(i % 20)".bytes, value: Array(String(i).utf8))
+        })
+        // The first member reads everything it is given, then leaves the group gracefully.
+        let firstShare = first.assignment
+        let readByFirst = try await within(30, "first member's share") { () -> [KafkaMessage] in
+            var got: [KafkaMessage] = []
+            while let batch = try await first.nextBatch() {
+                got += batch
+                first.markProcessed(batch)
+                if Set(got.map(\.partition)) == Set(firstShare.map(\.partition)), got.count >= 20 { break }
+            }
+            return got
+        }
+        await first.close()
+
+        try await producer.send(batch: (200..<300).map { i in
+            OutgoingMessage(topic: topic, key: "k\(i % 20)".bytes, value: Array(String(i).utf8))
+        })
+        let readBySecond = try await within(60, "the rest") { () -> [KafkaMessage] in
+            var got: [KafkaMessage] = []
+            var seen = Set(readByFirst.map { String(decoding: $0.value, as: UTF8.self) })
+            while seen.count < 300, let batch = try await second.nextBatch() {
+                got += batch
+                second.markProcessed(batch)
+                batch.forEach { seen.insert(String(decoding: $0.value, as: UTF8.self)) }
+            }
+            return got
+        }
+        let all = Set((readByFirst + readBySecond).map { String(decoding: $0.value, as: UTF8.self) })
+        #expect(all == Set((0..<300).map(String.init)))
+        #expect(second.assignment.count == 4)
+        await second.close()
+        await producer.close()
+    }
+
+    @Test("a member killed after processing but before committing: the message is delivered again")
+    func crashBeforeCommitRedelivers() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 1)
+        let producer = try kafka.producer()
+        try await producer.send(OutgoingMessage(topic: topic, value: "effect".bytes))
+
+        let doomed = try kafka.consumer(group: "g", topics: [topic])
+        let first = try await within(30, "first delivery") { try await collect(doomed, count: 1, mark: false) }
+        doomed.abandon()  // processed, never marked: like a kill -9 between effect and commit
+
+        let survivor = try kafka.consumer(group: "g", topics: [topic])
+        let again = try await within(60, "redelivery") { try await collect(survivor, count: 1) }
+        #expect(again.first?.offset == first.first?.offset)
+        #expect(again.first?.value == "effect".bytes)
+        await survivor.close()
+        await producer.close()
+    }
+
+    @Test("producers wait while every broker is down and deliver everything when they return; consumers resume")
+    func brokerDownAndUp() async throws {
+        let kafka = try KafkaFixture(brokers: 3)
+        let topic = try kafka.topic(partitions: 3)
+        let producer = try kafka.producer()
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        try await producer.send(batch: (0..<10).map { OutgoingMessage(topic: topic, value: Array(String($0).utf8)) })
+        _ = try await within(30, "messages before the outage") { try await collect(consumer, count: 10) }
+
+        kafka.cluster.setAllDown()
+        let delivered = Flag()
+        let sending = Task {
+            try await producer.send(batch: (10..<110).map { OutgoingMessage(topic: topic, value: Array(String($0).utf8)) })
+            delivered.set()
+        }
+        try await Task.sleep(for: .seconds(2))
+        #expect(!delivered.isSet, "nothing can be acknowledged while the brokers are down")
+        kafka.cluster.setAllUp()
+        try await within(90, "delivery after the brokers returned") { try await sending.value }
+        #expect(delivered.isSet)
+
+        let afterwards = try await within(90, "messages after the outage") { try await collect(consumer, count: 100) }
+        #expect(Set(afterwards.map { String(decoding: $0.value, as: UTF8.self) }) == Set((10..<110).map(String.init)))
+        await consumer.close()
+        await producer.close()
+    }
+
+    @Test("transaction calls succeed against the embedded broker")
+    func transactions() async throws {
+        let kafka = try KafkaFixture()
+        let input = try kafka.topic("in", partitions: 1)
+        let output = try kafka.topic("out", partitions: 1)
+        let seed = try kafka.producer()
+        try await seed.send(OutgoingMessage(topic: input, value: "x".bytes))
+        await seed.close()
+
+        let consumer = try kafka.consumer(group: "tx", topics: [input])
+        let message = try #require(try await within(30, "input") { try await collect(consumer, count: 1, mark: false) }.first)
+        let producer = try kafka.producer { $0.transactionalID = "veil-test-\(UUID())" }
+        try await producer.initTransactions()
+        try await producer.beginTransaction()
+        try await producer.send(OutgoingMessage(topic: output, value: "y".bytes))
+        try await producer.sendOffsetsToTransaction([message.topicPartition: message.offset + 1], consumer: consumer)
+        try await producer.commitTransaction()
+
+        try await producer.beginTransaction()
+        try await producer.send(OutgoingMessage(topic: output, value: "z".bytes))
+        try await producer.abortTransaction()
+
+        let committed = try await consumer.committedOffsets([message.topicPartition])
+        #expect(committed[message.topicPartition] == message.offset + 1)
+        await consumer.close()
+        await producer.close()
+    }
+
+    @Test("ensureTopics finds existing topics and creates none of them again")
+    func adminSeesExistingTopics() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 5)
+        let admin = KafkaAdmin(configuration: kafka.kafka, logger: kafka.logger)
+        let existing = try await admin.existingTopics()
+        #expect(existing[topic] == 5)
+        let created = try await admin.ensureTopics([TopicSpecification(name: topic, partitions: 5)])
+        #expect(created.isEmpty)
+    }
+}
+
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}

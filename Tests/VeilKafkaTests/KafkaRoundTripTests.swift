@@ -1,0 +1,117 @@
+import Foundation
+import Testing
+@testable import VeilKafka
+
+@Suite("Producing and consuming", .timeLimit(.minutes(2)))
+struct KafkaRoundTripTests {
+    @Test("a message keeps its key, value and headers from producer to consumer")
+    func roundTrip() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic()
+        let producer = try kafka.producer()
+        let report = try await producer.send(OutgoingMessage(
+            topic: topic, key: "inquiry-1".bytes, value: [0, 1, 2, 255],
+            headers: [KafkaHeader(name: "ce_id", string: "abc"), KafkaHeader(name: "empty", value: nil)]))
+        #expect(report.topic == topic)
+        #expect(report.offset >= 0)
+
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        let received = try await within(30, "the message") { try await collect(consumer, count: 1) }
+        let message = try #require(received.first)
+        #expect(message.key == "inquiry-1".bytes)
+        #expect(message.value == [0, 1, 2, 255])
+        #expect(message.headerString("ce_id") == "abc")
+        #expect(message.headers.contains(KafkaHeader(name: "empty", value: nil)))
+        #expect(message.partition == report.partition && message.offset == report.offset)
+        await consumer.close()
+        await producer.close()
+    }
+
+    @Test("messages with the same key arrive in the order they were sent")
+    func orderingPerKey() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 6)
+        let producer = try kafka.producer()
+        let keys = (0..<5).map { "customer-\($0)" }
+        try await producer.send(batch: (0..<500).map { i in
+            OutgoingMessage(topic: topic, key: keys[i % keys.count].bytes, value: Array(String(i).utf8))
+        })
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        let received = try await within(30, "500 messages") { try await collect(consumer, count: 500) }
+        #expect(received.count == 500)
+        for key in keys {
+            let sequence = received.filter { $0.key == key.bytes }.map { Int(String(decoding: $0.value, as: UTF8.self))! }
+            #expect(sequence == sequence.sorted(), "order broken for \(key)")
+            #expect(sequence.count == 100)
+            #expect(Set(received.filter { $0.key == key.bytes }.map(\.partition)).count == 1)
+        }
+        await consumer.close()
+        await producer.close()
+    }
+
+    @Test("the consumer's messages can be read as an AsyncSequence")
+    func asyncSequence() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic()
+        let producer = try kafka.producer()
+        try await producer.send(batch: (0..<50).map { OutgoingMessage(topic: topic, value: [UInt8($0)]) })
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        let values = try await within(30, "50 messages") {
+            var values: Set<UInt8> = []
+            for try await message in consumer.messages {
+                values.insert(message.value[0])
+                consumer.markProcessed(message)
+                if values.count == 50 { break }
+            }
+            return values
+        }
+        #expect(values == Set(0..<50))
+        await consumer.close()
+        await producer.close()
+    }
+
+    @Test("a full local queue makes send wait instead of failing")
+    func backpressure() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic()
+        let producer = try kafka.producer { $0.maxQueuedMessages = 10 }
+        try await producer.send(batch: (0..<2_000).map { OutgoingMessage(topic: topic, value: Array(repeating: UInt8($0 % 256), count: 100)) })
+        #expect(producer.inFlightCount == 0)
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        let received = try await within(30, "2000 messages") { try await collect(consumer, count: 2_000) }
+        #expect(received.count == 2_000)
+        await consumer.close()
+        await producer.close()
+    }
+
+    @Test("an invalid librdkafka property is a configuration error naming it")
+    func badConfiguration() throws {
+        var configuration = ProducerConfiguration(kafka: KafkaConfiguration(bootstrapServers: "127.0.0.1:1",
+                                                                            properties: ["no.such.property": "1"]))
+        configuration.idempotent = true
+        #expect {
+            _ = try KafkaProducer(configuration: configuration, logger: .init(label: "t"))
+        } throws: { error in
+            let error = error as? KafkaError
+            return error?.code == "kafka.configuration" && error?.reason.contains("no.such.property") == true
+                && error?.isFatal == true
+        }
+    }
+
+    @Test("stored offsets are committed and seen by the group")
+    func commitAfterProcessing() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 1)
+        let producer = try kafka.producer()
+        try await producer.send(batch: (0..<10).map { OutgoingMessage(topic: topic, value: [UInt8($0)]) })
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        let received = try await within(30, "10 messages") { try await collect(consumer, count: 10, mark: false) }
+        // Only the first five are processed; the commit must not go beyond them.
+        consumer.markProcessed(received[4])
+        try await consumer.commit()
+        let committed = try await consumer.committedOffsets([TopicPartition(topic: topic, partition: 0)])
+        #expect(committed[TopicPartition(topic: topic, partition: 0)] == received[4].offset + 1)
+        await consumer.close()
+        await producer.close()
+    }
+}

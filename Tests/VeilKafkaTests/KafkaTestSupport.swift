@@ -1,0 +1,71 @@
+import Foundation
+import Logging
+import Testing
+@testable import VeilKafka
+
+/// A fresh embedded cluster (librdkafka's mock brokers on localhost TCP) per test.
+struct KafkaFixture {
+    let cluster: EmbeddedKafkaCluster
+    let logger: Logger
+
+    init(brokers: Int = 3) throws {
+        cluster = try EmbeddedKafkaCluster(brokers: brokers)
+        var logger = Logger(label: "test")
+        logger.logLevel = ProcessInfo.processInfo.environment["VEIL_TEST_LOG"] == nil ? .critical : .debug
+        self.logger = logger
+    }
+
+    var kafka: KafkaConfiguration { KafkaConfiguration(bootstrapServers: cluster.bootstrapServers, clientID: "test") }
+
+    func topic(_ name: String = "t", partitions: Int32 = 4) throws -> String {
+        let full = "\(name).\(UUID().uuidString.prefix(8))"
+        try cluster.createTopic(full, partitions: partitions)
+        return full
+    }
+
+    func producer(_ configure: (inout ProducerConfiguration) -> Void = { _ in }) throws -> KafkaProducer {
+        var configuration = ProducerConfiguration(kafka: kafka)
+        configure(&configuration)
+        return try KafkaProducer(configuration: configuration, logger: logger)
+    }
+
+    func consumer(group: String, topics: [String], _ configure: (inout ConsumerConfiguration) -> Void = { _ in }) throws -> KafkaConsumer {
+        var configuration = ConsumerConfiguration(kafka: kafka, groupID: group, topics: topics)
+        configuration.sessionTimeoutMilliseconds = 6_000
+        configure(&configuration)
+        return try KafkaConsumer(configuration: configuration, logger: logger)
+    }
+}
+
+struct TestTimeout: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+/// Runs `body` with a deadline so a broken behaviour fails the test instead of hanging it.
+func within<T: Sendable>(_ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try? await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else { throw TestTimeout(what: what) }
+        return value
+    }
+}
+
+/// Reads until `count` messages arrived, marking each processed when `mark` is set.
+func collect(_ consumer: KafkaConsumer, count: Int, mark: Bool = true) async throws -> [KafkaMessage] {
+    var received: [KafkaMessage] = []
+    while received.count < count, let batch = try await consumer.nextBatch() {
+        received += batch
+        if mark { consumer.markProcessed(batch) }
+    }
+    return received
+}
+
+extension String {
+    var bytes: [UInt8] { Array(utf8) }
+}
