@@ -47,12 +47,12 @@ let package = Package(
                 path: "Shared/VeilCore"),
         .target(name: "VeilKafka", dependencies: ["CRdKafka", "VeilCore", log, lifecycle], path: "Shared/VeilKafka"),
         .target(name: "VeilStore", dependencies: [
-            log, lifecycle,
+            "VeilCore", "VeilKafka", log, lifecycle,
             .product(name: "PostgresNIO", package: "postgres-nio"),
         ], path: "Shared/VeilStore"),
         .target(name: "VeilContracts", dependencies: [], path: "Shared/VeilContracts"),
         .target(name: "VeilService", dependencies: [
-            "VeilKafka", "VeilStore", "VeilContracts", log, lifecycle,
+            "VeilCore", "VeilKafka", "VeilStore", "VeilContracts", log, lifecycle,
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -61,18 +61,18 @@ let package = Package(
         .executableTarget(name: $0.target, dependencies: ["VeilService"], path: "Services/\($0.folder)")
     } + [
         // MARK: Tools
-        .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", argumentParser],
+        .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", "VeilContracts", argumentParser],
                           path: "Tools/veil-dev-broker"),
-        .executableTarget(name: "veilctl", dependencies: ["VeilService", argumentParser], path: "Tools/veilctl"),
+        .executableTarget(name: "veilctl", dependencies: ["VeilService", argumentParser], path: "Tools/veilctl", exclude: ["KeysCommand.swift"]),
 
         // MARK: Benchmarks
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
         .executableTarget(name: "veil-bench", dependencies: ["VeilKafka", "CKafkaBaseline", argumentParser],
-                          path: "Benchmarks/veil-bench"),
+                          path: "Benchmarks/veil-bench", exclude: ["EnvelopeBenchmark.swift"]),
 
         // MARK: Tests
         .testTarget(name: "VeilKafkaTests", dependencies: ["VeilKafka"], path: "Tests/VeilKafkaTests"),
-        .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore"], path: "Tests/VeilStoreTests"),
+        .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore", "VeilKafka"], path: "Tests/VeilStoreTests"),
         .testTarget(name: "VeilServiceTests", dependencies: ["VeilService"], path: "Tests/VeilServiceTests"),
     ],
     swiftLanguageModes: [.v6]

@@ -1,1 +1,5 @@
-print("x")
+import VeilService
+
+// The ingress service. Its domain step plugs in as the handler; until then it joins its
+// consumer group, serves /health and /metrics, and dead-letters what it cannot handle.
+await ServiceRuntime(service: .ingress) { _ in UnsupportedMessageHandler() }.main()

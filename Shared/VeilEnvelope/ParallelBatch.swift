@@ -1,14 +1,16 @@
 import Foundation
 
-/// Runs a CPU-bound transform over a batch in one task per core, each on a
-/// contiguous chunk, and returns the results in input order.
+/// Runs a CPU-bound transform over a batch in a task group, on contiguous
+/// chunks (a few per core, so that a core that finishes early takes the next
+/// chunk instead of idling), and returns the results in input order.
 enum ParallelBatch {
     static func map<Item: Sendable, Output: Sendable>(
         _ items: [Item], _ transform: @escaping @Sendable (Item) -> Output
     ) async -> [Output] {
         let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
         guard items.count > 1, cores > 1 else { return items.map(transform) }
-        let chunkSize = (items.count + cores - 1) / cores
+        let chunks = min(items.count, cores * 4)
+        let chunkSize = (items.count + chunks - 1) / chunks
         return await withTaskGroup(of: (Int, [Output]).self) { group in
             for start in stride(from: 0, to: items.count, by: chunkSize) {
                 let end = min(start + chunkSize, items.count)

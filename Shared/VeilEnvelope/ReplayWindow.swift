@@ -13,6 +13,11 @@ public final class ReplayWindow: Sendable {
         var expiries: [MessageID: UInt64] = [:]
         var queue: [(id: MessageID, expiry: UInt64)] = []
         var head = 0
+
+        mutating func forget(at index: Int) {
+            let entry = queue[index]
+            if expiries[entry.id] == entry.expiry { expiries[entry.id] = nil }
+        }
     }
 
     /// Most ids remembered at once.
@@ -50,12 +55,5 @@ public final class ReplayWindow: Sendable {
             state.queue.append((id, expiry))
             return true
         }
-    }
-}
-
-extension ReplayWindow.State {
-    fileprivate mutating func forget(at index: Int) {
-        let entry = queue[index]
-        if expiries[entry.id] == entry.expiry { expiries[entry.id] = nil }
     }
 }

@@ -98,6 +98,7 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
         let result: Result<[KafkaMessage]?, KafkaError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let immediate: Immediate = state.withLock { s in
+                    if s.finished { return .end(s.failure) }
                     if !s.batches.isEmpty {
                         let batch = s.batches.removeFirst()
                         s.buffered -= batch.count

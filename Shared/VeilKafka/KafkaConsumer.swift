@@ -198,6 +198,13 @@ public final class KafkaConsumer: Sendable {
 
     // MARK: Closing
 
+    /// Ends `messages` and `nextBatch()` (they return `nil`) while staying in the
+    /// group, so in-flight work can finish and be marked before `close()`. Buffered,
+    /// untaken messages are not processed; they are redelivered after a restart.
+    public func stopReading() {
+        context.finish()
+    }
+
     /// Leaves the group gracefully: stops fetching, commits stored offsets, revokes
     /// partitions and closes, giving up after `timeout` (the rest finishes in the background).
     public func close(timeout: Duration = .seconds(10)) async {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Veil needs on a fresh Debian machine, only what is missing.
+set -euo pipefail
+need=()
+pkg-config --exists rdkafka 2>/dev/null || need+=(librdkafka-dev)
+[ -e /usr/include/postgresql/libpq-fe.h ] || need+=(libpq-dev)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v kcat >/dev/null || need+=(kcat)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+echo "==> installing: ${need[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: missing packages (${need[*]}); run as root or: sudo apt-get install ${need[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "==> installed"

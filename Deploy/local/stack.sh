@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The embedded development stack: a private PostgreSQL cluster and the embedded
+# Kafka broker, each started only when DATABASE_URL / KAFKA_BROKERS are unset.
+#
+#   stack.sh up     start what is needed; writes $VEIL_STATE/stack.env
+#   stack.sh down   stop what `up` started
+#   stack.sh env    print the environment (source it: eval "$(stack.sh env)")
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+state=${VEIL_STATE:-$root/.veil}
+bin=${VEIL_BIN:-$root/.build/debug}
+envfile=$state/stack.env
+mkdir -p "$state"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_up() {
+  local pgbin; pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  local data=$state/pg port; port=$(free_port)
+  rm -rf "$data"; mkdir -p "$data"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$data"
+  chmod 700 "$data"
+  local pw=$state/pg.pw; echo "veil-dev" > "$pw"; [ "$(id -u)" -eq 0 ] && chown postgres "$pw"
+  as_postgres "$pgbin/initdb" -D "$data" -U postgres --pwfile="$pw" --auth-host=scram-sha-256 --auth-local=trust -E UTF8 >"$state/initdb.log" 2>&1
+  as_postgres "$pgbin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+    -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null
+  as_postgres "$pgbin/createdb" -h "$data" -p "$port" -U postgres veil
+  echo "$pgbin" > "$state/pg.bin"
+  echo "export DATABASE_URL=postgres://postgres:veil-dev@127.0.0.1:$port/veil" >> "$envfile"
+  echo "==> PostgreSQL on 127.0.0.1:$port (data in $data)"
+}
+
+broker_up() {
+  local addr=$state/kafka.bootstrap
+  rm -f "$addr"
+  [ -x "$bin/veil-dev-broker" ] || { echo "error: $bin/veil-dev-broker not built (run: swift build)" >&2; exit 1; }
+  nohup "$bin/veil-dev-broker" --brokers 3 --partitions "${VEIL_PARTITIONS:-12}" --address-file "$addr" >"$state/broker.log" 2>&1 &
+  echo $! > "$state/broker.pid"
+  for _ in $(seq 1 100); do [ -s "$addr" ] && break; sleep 0.1; done
+  [ -s "$addr" ] || { echo "error: embedded broker did not start; see $state/broker.log" >&2; exit 1; }
+  echo "export KAFKA_BROKERS=$(cat "$addr")" >> "$envfile"
+  echo "export VEIL_EMBEDDED_BROKER=1" >> "$envfile"
+  echo "==> embedded Kafka broker at $(cat "$addr")"
+}
+
+up() {
+  down quiet
+  : > "$envfile"
+  if [ -n "${DATABASE_URL:-}" ]; then echo "export DATABASE_URL=$DATABASE_URL" >> "$envfile"; echo "==> using DATABASE_URL from the environment"; else pg_up; fi
+  if [ -n "${KAFKA_BROKERS:-}" ]; then echo "export KAFKA_BROKERS=$KAFKA_BROKERS" >> "$envfile"; echo "==> using KAFKA_BROKERS=$KAFKA_BROKERS"; else broker_up; fi
+}
+
+down() {
+  if [ -f "$state/broker.pid" ]; then
+    kill "$(cat "$state/broker.pid")" 2>/dev/null || true
+    rm -f "$state/broker.pid"
+  fi
+  if [ -f "$state/pg.bin" ] && [ -d "$state/pg" ]; then
+    as_postgres "$(cat "$state/pg.bin")/pg_ctl" -D "$state/pg" -m fast -w stop >/dev/null 2>&1 || true
+    rm -f "$state/pg.bin"
+  fi
+  [ "${1:-}" = quiet ] || echo "==> stack stopped"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  env) cat "$envfile" ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

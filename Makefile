@@ -1,0 +1,43 @@
+# Veil: the README's two commands, `make demo` and `make test`, do all the set-up.
+SWIFT      ?= swift
+BUILD_FLAGS ?=
+STACK      := Deploy/local/with-stack.sh
+
+.PHONY: all deps build test demo bench bench-kafka bench-envelope stack-up stack-down clean
+
+all: build
+
+deps:
+	@Deploy/local/install-deps.sh
+
+build: deps
+	$(SWIFT) build $(BUILD_FLAGS)
+
+## Runs the whole test suite against a private PostgreSQL and the embedded broker.
+test: build
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(STACK) $(SWIFT) test --skip-build $(BUILD_FLAGS)
+
+## Starts the stack and the seven services, runs the main flow end to end, shows what happened.
+demo: build
+	$(STACK) Deploy/local/demo.sh
+
+## Benchmarks (release build): Veil's layers against their bare baselines, in one run.
+bench: bench-kafka bench-envelope
+
+bench-kafka: deps
+	$(SWIFT) build -c release --product veil-bench
+	$(STACK) .build/release/veil-bench kafka --messages $${MESSAGES:-1000000} --size 256
+
+bench-envelope: deps
+	$(SWIFT) build -c release --product veil-bench
+	.build/release/veil-bench envelope --seconds 3
+
+stack-up: build
+	Deploy/local/stack.sh up
+
+stack-down:
+	Deploy/local/stack.sh down
+
+clean:
+	rm -rf .build .veil

@@ -1,0 +1,142 @@
+import Foundation
+import VeilContracts
+import VeilKafka
+import VeilStore
+
+/// One environment variable a service reads. The list in `ServiceConfiguration.variables`
+/// is the single source for the README, docker-compose and Kubernetes checks.
+public struct ConfigurationVariable: Sendable, Hashable {
+    public let name: String
+    public let required: Bool
+    public let defaultValue: String?
+    public let help: String
+    /// Holds a secret: its value is never printed.
+    public let secret: Bool
+
+    public init(_ name: String, required: Bool = false, default defaultValue: String? = nil, secret: Bool = false, _ help: String) {
+        self.name = name
+        self.required = required
+        self.defaultValue = defaultValue
+        self.help = help
+        self.secret = secret
+    }
+}
+
+/// A configuration problem, naming the variable at fault. Services print it and exit non-zero.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public let variable: String
+    public let reason: String
+    public var description: String { "configuration error: \(variable) \(reason)" }
+}
+
+/// Everything a Veil service needs to start, read from the environment and validated.
+public struct ServiceConfiguration: Sendable {
+    public var service: ServiceName
+    public var kafka: KafkaConfiguration
+    public var database: DatabaseConfiguration
+    public var adminHost: String
+    public var adminPort: Int
+    public var logLevel: String
+    public var topicPartitions: Int32
+    public var topicReplication: Int32
+    /// Attempts before a message that keeps failing goes to the dead-letter topic.
+    public var maxAttempts: Int
+    /// Create missing topics at start-up (off where topics are managed elsewhere).
+    public var createTopics: Bool
+    /// Where the service's keys and the key directory are mounted.
+    public var keysDirectory: String?
+
+    /// The variables every service reads.
+    public static let variables: [ConfigurationVariable] = [
+        ConfigurationVariable("KAFKA_BROKERS", required: true, "Kafka bootstrap servers, host:port[,host:port]"),
+        ConfigurationVariable("DATABASE_URL", required: true, secret: true,
+                              "postgres://user:password@host:port/db[?sslmode=require] for the service's own role"),
+        ConfigurationVariable("VEIL_ADMIN_HOST", default: "0.0.0.0", "Address of the health and metrics server"),
+        ConfigurationVariable("VEIL_ADMIN_PORT", default: "9090", "Port of /health/live, /health/ready and /metrics"),
+        ConfigurationVariable("VEIL_LOG_LEVEL", default: "info", "trace, debug, info, notice, warning, error or critical"),
+        ConfigurationVariable("VEIL_TOPIC_PARTITIONS", default: "12", "Partitions of topics created at start-up"),
+        ConfigurationVariable("VEIL_TOPIC_REPLICATION", default: "1", "Replication factor of topics created at start-up"),
+        ConfigurationVariable("VEIL_MAX_ATTEMPTS", default: "5", "Attempts before a failing message goes to <topic>.dlq"),
+        ConfigurationVariable("VEIL_CREATE_TOPICS", default: "true", "Create missing topics at start-up"),
+        ConfigurationVariable("VEIL_KEYS_DIR", "Directory with the service's keys and the signed key directory"),
+        ConfigurationVariable("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext or sasl_ssl"),
+        ConfigurationVariable("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        ConfigurationVariable("KAFKA_SASL_USERNAME", "SASL user (one principal per service)"),
+        ConfigurationVariable("KAFKA_SASL_PASSWORD", secret: true, "SASL password"),
+        ConfigurationVariable("KAFKA_SSL_CA_LOCATION", "CA certificate file for the brokers' TLS"),
+        ConfigurationVariable("KAFKA_SSL_CERTIFICATE_LOCATION", "Client certificate file (mutual TLS)"),
+        ConfigurationVariable("KAFKA_SSL_KEY_LOCATION", "Client private key file (mutual TLS)"),
+    ]
+
+    /// librdkafka properties taken from the environment.
+    static let kafkaPassThrough: [(variable: String, property: String)] = [
+        ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
+        ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+        ("KAFKA_SASL_USERNAME", "sasl.username"),
+        ("KAFKA_SASL_PASSWORD", "sasl.password"),
+        ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
+        ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+    ]
+
+    /// Reads and validates the environment.
+    /// - Throws: `ConfigurationError` naming the first missing or bad variable.
+    public static func load(service: ServiceName,
+                            environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> ServiceConfiguration {
+        func value(_ name: String) -> String? {
+            let v = environment[name] ?? variables.first { $0.name == name }?.defaultValue
+            return v?.isEmpty == true ? nil : v
+        }
+        func required(_ name: String) throws(ConfigurationError) -> String {
+            guard let v = value(name) else { throw ConfigurationError(variable: name, reason: "is required but not set") }
+            return v
+        }
+        func integer(_ name: String, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+            let text = value(name) ?? ""
+            guard let n = Int(text), range.contains(n) else {
+                throw ConfigurationError(variable: name, reason: "must be an integer in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n
+        }
+        func boolean(_ name: String) throws(ConfigurationError) -> Bool {
+            switch value(name)?.lowercased() {
+            case "true", "1", "yes": return true
+            case "false", "0", "no": return false
+            default: throw ConfigurationError(variable: name, reason: "must be true or false")
+            }
+        }
+
+        let brokers = try required("KAFKA_BROKERS")
+        guard brokers.split(separator: ",").allSatisfy({ $0.contains(":") }) else {
+            throw ConfigurationError(variable: "KAFKA_BROKERS", reason: "must be host:port[,host:port]")
+        }
+        var properties: [String: String] = [:]
+        for (variable, property) in kafkaPassThrough {
+            if let v = value(variable) { properties[property] = v }
+        }
+        let database: DatabaseConfiguration
+        do { database = try DatabaseConfiguration(url: try required("DATABASE_URL")) } catch let error as ConfigurationError {
+            throw error
+        } catch {
+            throw ConfigurationError(variable: "DATABASE_URL", reason: "must look like postgres://user:password@host:port/database")
+        }
+        let level = value("VEIL_LOG_LEVEL") ?? "info"
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
+            throw ConfigurationError(variable: "VEIL_LOG_LEVEL", reason: "must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        return ServiceConfiguration(
+            service: service,
+            kafka: KafkaConfiguration(bootstrapServers: brokers, clientID: "veil-\(service.rawValue)", properties: properties),
+            database: database,
+            adminHost: value("VEIL_ADMIN_HOST") ?? "0.0.0.0",
+            adminPort: try integer("VEIL_ADMIN_PORT", in: 0...65535),
+            logLevel: level,
+            topicPartitions: Int32(try integer("VEIL_TOPIC_PARTITIONS", in: 1...10_000)),
+            topicReplication: Int32(try integer("VEIL_TOPIC_REPLICATION", in: 1...10)),
+            maxAttempts: try integer("VEIL_MAX_ATTEMPTS", in: 1...100),
+            createTopics: try boolean("VEIL_CREATE_TOPICS"),
+            keysDirectory: value("VEIL_KEYS_DIR"))
+    }
+}
+
+extension ConfigurationError: SafelyDescribable {}

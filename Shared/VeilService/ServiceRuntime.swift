@@ -1,0 +1,156 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import VeilContracts
+import VeilKafka
+import VeilStore
+
+/// What a service's code gets to build its handler: its configuration, database,
+/// producer, metrics and logger.
+public struct ServiceContext: Sendable {
+    public let configuration: ServiceConfiguration
+    public let database: Database
+    public let producer: KafkaProducer
+    public let metrics: ServiceMetrics
+    public let logger: Logger
+}
+
+/// How one of the seven executables is put together. Each `main.swift` names its
+/// service, its migrations and its handler; the runtime does the rest:
+/// configuration, JSON logs, metrics, health, topics, migrations, the stage loop
+/// and graceful shutdown on SIGTERM.
+public struct ServiceRuntime: Sendable {
+    public var service: ServiceName
+    public var migrations: [Migration]
+    public var makeHandler: @Sendable (ServiceContext) throws -> any MessageHandler
+
+    public init(service: ServiceName, migrations: [Migration] = [],
+                makeHandler: @escaping @Sendable (ServiceContext) throws -> any MessageHandler) {
+        self.service = service
+        self.migrations = migrations
+        self.makeHandler = makeHandler
+    }
+
+    /// Runs the service until SIGTERM or SIGINT; exits non-zero on a configuration error.
+    public func main() async -> Never {
+        let configuration: ServiceConfiguration
+        do {
+            configuration = try ServiceConfiguration.load(service: service)
+        } catch {
+            FileHandle.standardError.write(Data("\(service.rawValue): \(error.description)\n".utf8))
+            exit(2)
+        }
+        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        let service = self.service
+        LoggingSystem.bootstrap { JSONLogHandler(label: $0, service: service.rawValue, level: level) }
+        let logger = Logger(label: "veil.\(service.rawValue)")
+        do {
+            try await run(configuration: configuration, logger: logger)
+            exit(0)
+        } catch {
+            logger.critical("service failed", metadata: ["error": "\(safeDescription(error))"])
+            exit(1)
+        }
+    }
+
+    /// Builds the service group and runs it. Shutdown goes in reverse order: the admin
+    /// server, then the stage (stop reading, finish the batch, commit, leave the group),
+    /// then the producer (flush) and the database.
+    public func run(configuration: ServiceConfiguration, logger: Logger,
+                    onAdminRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let metrics = ServiceMetrics()
+        let database = try Database(configuration: configuration.database, schema: service.schema, logger: logger)
+        let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: configuration.kafka), logger: logger)
+        let context = ServiceContext(configuration: configuration, database: database, producer: producer,
+                                     metrics: metrics, logger: logger)
+        let started = StartupState()
+        let admin = KafkaAdmin(configuration: configuration.kafka, logger: logger)
+        let pipeline = Pipeline(runtime: self, context: context, started: started)
+        let adminServer = AdminServer(
+            host: configuration.adminHost, port: configuration.adminPort,
+            checks: [
+                ReadinessCheck("postgres") { await database.isReachable() },
+                ReadinessCheck("kafka") { (try? await admin.existingTopics(timeout: .seconds(2))) != nil },
+                ReadinessCheck("migrations") { started.isDone },
+            ],
+            metrics: metrics, logger: logger, onRunning: onAdminRunning)
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [
+                .init(service: database),
+                .init(service: producer),
+                .init(service: pipeline),
+                .init(service: adminServer),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        logger.info("service starting", metadata: ["kafka": "\(configuration.kafka.bootstrapServers)",
+                                                   "database": "\(configuration.database)",
+                                                   "admin.port": "\(configuration.adminPort)"])
+        try await group.run()
+        logger.info("service stopped")
+    }
+
+    /// The topics a service touches, with the dead-letter topics of those it reads.
+    func topics(_ configuration: ServiceConfiguration) -> [TopicSpecification] {
+        let topics = Set(service.consumes + service.produces + service.consumes.map(\.deadLetter))
+        return topics.sorted { $0.name < $1.name }.map {
+            TopicSpecification(name: $0.name, partitions: configuration.topicPartitions,
+                               replicationFactor: configuration.topicReplication, config: $0.config)
+        }
+    }
+}
+
+/// Set once topics exist and migrations ran; `/health/ready` waits for it.
+final class StartupState: Sendable {
+    private let done = Atomic<Bool>(false)
+    var isDone: Bool { done.load(ordering: .acquiring) }
+    func markDone() { done.store(true, ordering: .releasing) }
+}
+
+/// Start-up work, then the stage loop: topics, migrations, join the consumer group.
+struct Pipeline: Service {
+    let runtime: ServiceRuntime
+    let context: ServiceContext
+    let started: StartupState
+
+    func run() async throws {
+        let configuration = context.configuration, logger = context.logger
+        if configuration.createTopics {
+            try await retrying("create topics", logger: logger) {
+                try await KafkaAdmin(configuration: configuration.kafka, logger: logger).ensureTopics(runtime.topics(configuration))
+            }
+        }
+        try await retrying("migrate", logger: logger) { try await context.database.migrate(runtime.migrations) }
+        let handler = try runtime.makeHandler(context)
+        var consumerConfiguration = ConsumerConfiguration(kafka: configuration.kafka, groupID: runtime.service.consumerGroup,
+                                                          topics: runtime.service.consumes.map(\.name))
+        consumerConfiguration.maxBatchSize = 256
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
+        started.markDone()
+        logger.info("service ready", metadata: ["group": "\(runtime.service.consumerGroup)",
+                                                "topics": "\(runtime.service.consumes.map(\.name))"])
+        let stage = StageRunner(name: runtime.service.rawValue, consumer: consumer, producer: context.producer,
+                                handler: handler, metrics: context.metrics, maxAttempts: configuration.maxAttempts,
+                                logger: logger)
+        try await stage.run()
+    }
+
+    /// Dependencies may come up after the service (compose, Kubernetes): keep trying
+    /// until they answer or shutdown is requested.
+    private func retrying(_ what: String, logger: Logger, _ body: () async throws -> Void) async throws {
+        var attempt = 0
+        while true {
+            do {
+                try await body()
+                return
+            } catch {
+                attempt += 1
+                if attempt >= 60 || Task.isCancelled || Task.isShuttingDownGracefully { throw error }
+                logger.warning("start-up step failed; retrying", metadata: ["step": "\(what)", "attempt": "\(attempt)",
+                                                                           "error": "\(safeDescription(error))"])
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+}

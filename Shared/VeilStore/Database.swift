@@ -1,0 +1,50 @@
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// A service's connection pool and its schema. A `Service`: it must be running
+/// (in the service group) for queries to go through, as `PostgresClient`.
+public final class Database: Service, Sendable {
+    public let client: PostgresClient
+    /// The schema that holds this service's tables; also its migration scope.
+    public let schema: String
+    public let configuration: DatabaseConfiguration
+    let logger: Logger
+
+    public init(configuration: DatabaseConfiguration, schema: String, logger: Logger) throws(DatabaseError) {
+        guard Self.isIdentifier(schema) else {
+            throw DatabaseError(code: "database.configuration", reason: "schema must match [a-z_][a-z0-9_]*")
+        }
+        self.configuration = configuration
+        self.schema = schema
+        self.logger = logger
+        client = PostgresClient(configuration: configuration.clientConfiguration, backgroundLogger: logger)
+    }
+
+    public func run() async throws {
+        await client.run()
+    }
+
+    /// `true` when a round trip to the server succeeds (for `/health/ready`).
+    public func isReachable() async -> Bool {
+        do {
+            try await client.query("SELECT 1", logger: logger)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Runs `body` in a transaction: committed if it returns, rolled back if it throws.
+    public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await client.withTransaction(logger: logger) { try await body($0) }
+    }
+
+    /// A schema-qualified table name for SQL built with `unsafeSQL`.
+    public func table(_ name: String) -> String { "\(schema).\(name)" }
+
+    static func isIdentifier(_ text: String) -> Bool {
+        guard let first = text.unicodeScalars.first, first == "_" || ("a"..."z").contains(first) else { return false }
+        return text.count <= 63 && text.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
+    }
+}

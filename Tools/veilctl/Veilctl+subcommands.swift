@@ -1,0 +1,5 @@
+import ArgumentParser
+
+extension Veilctl {
+    static let available: [any ParsableCommand.Type] = [DatabaseCommand.self]
+}
