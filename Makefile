@@ -27,7 +27,7 @@ bench: bench-kafka bench-envelope
 
 bench-kafka: deps
 	$(SWIFT) build -c release --product veil-bench
-	$(STACK) .build/release/veil-bench kafka --messages $${MESSAGES:-1000000} --size 256
+	.build/release/veil-bench kafka --messages $${MESSAGES:-1000000} --size 256 $${KAFKA_BROKERS:+--brokers $$KAFKA_BROKERS}
 
 bench-envelope: deps
 	$(SWIFT) build -c release --product veil-bench

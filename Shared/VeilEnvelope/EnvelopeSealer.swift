@@ -77,14 +77,14 @@ public struct EnvelopeSealer: Sendable {
                     try Token.validate(key.reference.keyID, maxLength: maxString)
                     recipients.append((key.reference, key.key))
                     size += 1 + key.reference.keyID.utf8.count + 4
-                        + SealedPart.encapsulatedKeyBytes + SealedPart.wrappedKeyBytes
+                        + SealedPart.recipientBlockBytes(recipients: names.count)
                 }
                 resolved.append(recipients)
             }
             guard size <= limits.maxEnvelopeBytes else { throw .tooLarge }
         }
 
-        let millis = UInt64(max(0, (draft.createdAt.timeIntervalSince1970 * 1000).rounded(.down)).clamped(to: 1e15))
+        let millis = EnvelopeVerifier.milliseconds(draft.createdAt)
         var writer = WireWriter(capacity: size)
         writer.append(Envelope.magic)
         writer.u8(Envelope.formatVersion)
@@ -112,8 +112,4 @@ public struct EnvelopeSealer: Sendable {
                                     schemaVersion: draft.schemaVersion, signer: signer)
         return SealedEnvelope(bytes: writer.buffer, header: header)
     }
-}
-
-extension Double {
-    fileprivate func clamped(to upper: Double) -> Double { Swift.min(self, upper) }
 }

@@ -9,10 +9,12 @@ extension SealedPart {
     /// The content key is fresh for every part and used once, so a fixed nonce is safe.
     static let contentNonce = try! ChaChaPoly.Nonce(data: [UInt8](repeating: 0, count: 12))  // constant input, cannot fail
 
-    /// Seals `payload` under a fresh content key, wraps that key to every
-    /// recipient with HPKE, and appends the part (with its 4-byte length
-    /// prefix) to `writer`. The part header (format, label, recipients) is the
-    /// AAD of every HPKE wrap and of the payload ciphertext.
+    /// Appends the part (with its 4-byte length prefix) to `writer`.
+    ///
+    /// One recipient: the payload is HPKE-sealed directly. Several: the
+    /// payload is sealed once under a fresh content key and that key is
+    /// HPKE-sealed to each recipient. The part header (format, label,
+    /// recipients) is the AAD of every HPKE and ChaCha20-Poly1305 seal.
     static func seal<Payload: DataProtocol>(
         _ payload: Payload, label: String,
         to recipients: [(reference: KeyReference, key: Curve25519.KeyAgreement.PublicKey)],
@@ -30,19 +32,26 @@ extension SealedPart {
         // A copy of the short header: a slice of `writer.buffer` would force a
         // copy-on-write of the whole buffer on the next append.
         let aad = Array(writer.buffer[start..<writer.count])
-        let contentKey = SymmetricKey(size: .bits256)
         do {
-            try contentKey.withUnsafeBytes { keyBytes in
-                for recipient in recipients {
-                    var sender = try HPKE.Sender(recipientKey: recipient.key, ciphersuite: ciphersuite, info: hpkeInfo)
-                    let wrapped = try sender.seal(keyBytes, authenticating: aad)
-                    writer.append(sender.encapsulatedKey)
-                    writer.append(wrapped)
+            if recipients.count == 1 {
+                var sender = try HPKE.Sender(recipientKey: recipients[0].key, ciphersuite: ciphersuite, info: hpkeInfo)
+                let ciphertext = try sender.seal(payload, authenticating: aad)
+                writer.append(sender.encapsulatedKey)
+                writer.append(ciphertext)
+            } else {
+                let contentKey = SymmetricKey(size: .bits256)
+                try contentKey.withUnsafeBytes { keyBytes in
+                    for recipient in recipients {
+                        var sender = try HPKE.Sender(recipientKey: recipient.key, ciphersuite: ciphersuite, info: hpkeInfo)
+                        let wrapped = try sender.seal(keyBytes, authenticating: aad)
+                        writer.append(sender.encapsulatedKey)
+                        writer.append(wrapped)
+                    }
                 }
+                let box = try ChaChaPoly.seal(payload, using: contentKey, nonce: contentNonce, authenticating: aad)
+                writer.append(box.ciphertext)
+                writer.append(box.tag)
             }
-            let box = try ChaChaPoly.seal(payload, using: contentKey, nonce: contentNonce, authenticating: aad)
-            writer.append(box.ciphertext)
-            writer.append(box.tag)
         } catch {
             throw .sealFailed
         }
@@ -58,6 +67,9 @@ extension SealedPart {
         do {
             var recipient = try HPKE.Recipient(privateKey: privateKey, ciphersuite: Self.ciphersuite, info: Self.hpkeInfo,
                                                encapsulatedKey: Data(buffer[ranges.encapsulated]))
+            if recipients.count == 1 {
+                return Array(try recipient.open(buffer[ciphertextRange], authenticating: aad))
+            }
             let contentKey = try recipient.open(buffer[ranges.wrapped], authenticating: aad)
             guard contentKey.count == 32 else { throw EnvelopeError.openFailed }
             let tagStart = ciphertextRange.upperBound - Self.tagBytes

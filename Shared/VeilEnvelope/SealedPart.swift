@@ -1,8 +1,9 @@
 /// One HPKE-sealed part of an envelope body, exactly as it travels.
 ///
 /// A part is self-contained: its own readable header (format, label,
-/// recipients' key ids and versions) followed by one HPKE-wrapped content key
-/// per recipient and the payload ciphertext. Nothing in it refers to the
+/// recipients' key ids and versions), then per recipient the HPKE
+/// encapsulated key (and, for several recipients, the HPKE-wrapped content
+/// key), then the payload ciphertext. Nothing in it refers to the
 /// envelope around it, so a stage that cannot open a part forwards it
 /// byte-for-byte into the envelope it produces (`EnvelopeDraft.Part.forwarded`),
 /// and the final recipient opens it there. See docs/ENVELOPE.md.
@@ -19,8 +20,9 @@ public struct SealedPart: Sendable, Hashable, CustomStringConvertible {
     let wrappedKeysStart: Int
     let ciphertextRange: Range<Int>
 
-    /// Part format 1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305,
-    /// with the payload under a random content key wrapped to each recipient.
+    /// Part format 1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305.
+    /// One recipient: the payload is HPKE-sealed directly. Several: the payload
+    /// is sealed once under a random content key, HPKE-wrapped to each recipient.
     static let formatVersion: UInt8 = 1
     static let encapsulatedKeyBytes = 32
     static let wrappedKeyBytes = 32 + 16
@@ -46,7 +48,7 @@ public struct SealedPart: Sendable, Hashable, CustomStringConvertible {
         }
         headerRange = start..<reader.offset
         wrappedKeysStart = reader.offset
-        _ = try reader.take(count * (Self.encapsulatedKeyBytes + Self.wrappedKeyBytes))
+        _ = try reader.take(count * Self.recipientBlockBytes(recipients: count))
         guard reader.remaining >= Self.tagBytes else { throw .malformed }
         ciphertextRange = try reader.take(reader.remaining)
         self.bytes = buffer[range]
@@ -54,11 +56,18 @@ public struct SealedPart: Sendable, Hashable, CustomStringConvertible {
         self.recipients = recipients
     }
 
-    /// Index ranges of recipient `index`'s encapsulated key and wrapped content key.
+    /// Bytes per recipient after the part header: `enc`, plus the wrapped content key if there are several.
+    static func recipientBlockBytes(recipients: Int) -> Int {
+        recipients == 1 ? encapsulatedKeyBytes : encapsulatedKeyBytes + wrappedKeyBytes
+    }
+
+    /// Index ranges of recipient `index`'s encapsulated key and wrapped
+    /// content key (empty for a single recipient).
     func wrappedKeyRanges(of index: Int) -> (encapsulated: Range<Int>, wrapped: Range<Int>) {
-        let start = wrappedKeysStart + index * (Self.encapsulatedKeyBytes + Self.wrappedKeyBytes)
+        let start = wrappedKeysStart + index * Self.recipientBlockBytes(recipients: recipients.count)
         let middle = start + Self.encapsulatedKeyBytes
-        return (start..<middle, middle..<(middle + Self.wrappedKeyBytes))
+        let end = recipients.count == 1 ? middle : middle + Self.wrappedKeyBytes
+        return (start..<middle, middle..<end)
     }
 
     public static func == (lhs: SealedPart, rhs: SealedPart) -> Bool { lhs.bytes == rhs.bytes }

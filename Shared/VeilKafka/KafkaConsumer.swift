@@ -58,11 +58,22 @@ public final class KafkaConsumer: Sendable {
     private static func pollLoop(handle: RDKafkaHandle, context: ConsumerContext, maxBatch: Int) {
         var batch: [KafkaMessage] = []
         batch.reserveCapacity(maxBatch)
+        var topicNames: [OpaquePointer: String] = [:]  // one String per topic, not per message
+        var raws = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: maxBatch)
+        guard let queue = rd_kafka_queue_get_consumer(handle.pointer) else { return }
+        defer { rd_kafka_queue_destroy(queue) }
         while !context.stopping.load(ordering: .acquiring) {
             guard context.waitForRoom() else { break }
-            var timeout: Int32 = 100
-            while batch.count < maxBatch, let raw = rd_kafka_consumer_poll(handle.pointer, timeout) {
-                timeout = 0
+            // Block for the first message only (consume_batch_queue with a timeout waits
+            // for a *full* batch, which would add latency), then take what else is
+            // already queued in one call. Both serve rebalance and error callbacks.
+            guard let first = rd_kafka_consumer_poll(handle.pointer, 100) else { continue }
+            raws[0] = first
+            let more = raws.withUnsafeMutableBufferPointer { buffer in
+                rd_kafka_consume_batch_queue(queue, 0, buffer.baseAddress! + 1, maxBatch - 1)
+            }
+            for i in 0..<(1 + max(0, more)) {
+                guard let raw = raws[i] else { continue }
                 defer { rd_kafka_message_destroy(raw) }
                 let m = raw.pointee
                 if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -74,7 +85,14 @@ public final class KafkaConsumer: Sendable {
                     context.logger.warning("consumer error", metadata: ["error.code": "\(error.code)", "error.reason": "\(error.reason)"])
                     continue
                 }
-                batch.append(KafkaMessage(copying: raw))
+                let topic: String
+                if let rkt = m.rkt, let known = topicNames[rkt] {
+                    topic = known
+                } else {
+                    topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+                    if let rkt = m.rkt { topicNames[rkt] = topic }
+                }
+                batch.append(KafkaMessage(copying: raw, topic: topic))
             }
             if !batch.isEmpty {
                 context.deliver(batch)
@@ -283,7 +301,7 @@ public struct KafkaMessages: AsyncSequence, Sendable {
 
 extension KafkaMessage {
     /// Copies a message out of librdkafka's buffers.
-    init(copying raw: UnsafeMutablePointer<rd_kafka_message_t>) {
+    init(copying raw: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) {
         let m = raw.pointee
         let value = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? []
         let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
@@ -302,7 +320,7 @@ extension KafkaMessage {
         }
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(raw, &timestampType)
-        self.init(topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset,
+        self.init(topic: topic, partition: m.partition, offset: m.offset,
                   key: key, value: value, headers: headers, timestampMilliseconds: timestamp)
     }
 }

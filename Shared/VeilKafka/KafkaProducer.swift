@@ -53,7 +53,7 @@ public final class KafkaProducer: Service, Sendable {
     @discardableResult
     public func send(_ message: OutgoingMessage) async throws(KafkaError) -> DeliveryReport {
         let ticket = DeliveryTicket()
-        try await enqueue(message, ticket: ticket)
+        try await enqueue(message, topic: try topicHandle(message.topic), ticket: ticket)
         let outcome = await ticket.wait()
         if let error = outcome.firstError { throw error }
         guard let report = outcome.lastReport else { throw .closed("no delivery report") }
@@ -61,44 +61,53 @@ public final class KafkaProducer: Service, Sendable {
     }
 
     /// Sends a batch and waits until every message is acknowledged. librdkafka batches
-    /// them on the wire; one continuation serves the whole batch.
+    /// them on the wire; one continuation serves the whole batch, and a lazily built
+    /// sequence streams into librdkafka without being materialised.
     /// - Throws: the first delivery error, with the number of undelivered messages.
+    @inlinable
     public func send(batch messages: some Sequence<OutgoingMessage>) async throws(KafkaError) {
-        let ticket = DeliveryTicket()
-        var total = 0
-        for message in messages {
-            try await enqueue(message, ticket: ticket)
-            total += 1
+        // Inlinable so the loop is specialised for the caller's sequence; each message
+        // costs one synchronous hand-over, and only a full queue suspends.
+        var batch = BatchSend(producer: self)
+        do {
+            for message in messages {
+                while try !batch.offer(message) {
+                    try await batch.waitForSpace()
+                }
+            }
+        } catch {
+            await batch.abandon()
+            throw error
         }
-        let outcome = await ticket.wait()
-        if let error = outcome.firstError {
-            throw .delivery(failed: outcome.failures, of: total, first: error)
-        }
+        try await batch.finish()
     }
 
     /// Hands one message to librdkafka, waiting while its queue is full.
-    private func enqueue(_ message: OutgoingMessage, ticket: DeliveryTicket) async throws(KafkaError) {
-        guard !context.stopping.load(ordering: .acquiring) else { throw .closed() }
-        let topic = try topicHandle(message.topic)
-        while true {
-            ticket.expectOne()
-            let err = produce(message, topic: topic, ticket: ticket)
-            switch err {
-            case RD_KAFKA_RESP_ERR_NO_ERROR:
-                return
-            case RD_KAFKA_RESP_ERR__QUEUE_FULL:
-                ticket.cancelOne()
-                await context.waitForSpace()
-                guard !context.stopping.load(ordering: .acquiring) else { throw .closed() }
-            default:
-                ticket.cancelOne()
-                throw KafkaError(rdkafka: err)
-            }
+    private func enqueue(_ message: OutgoingMessage, topic: RDKafkaTopic, ticket: DeliveryTicket) async throws(KafkaError) {
+        while try !offer(message, topic: topic, ticket: ticket) {
+            await context.waitForSpace()
+        }
+    }
+
+    /// Tries to hand one message to librdkafka. Returns `false` when its queue is full.
+    func offer(_ message: OutgoingMessage, topic: RDKafkaTopic, ticket: DeliveryTicket) throws(KafkaError) -> Bool {
+        guard !context.stopping.load(ordering: .relaxed) else { throw .closed() }
+        ticket.expectOne()
+        let err = produce(message, topic: topic, ticket: ticket)
+        switch err {
+        case RD_KAFKA_RESP_ERR_NO_ERROR:
+            return true
+        case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+            ticket.cancelOne()
+            return false
+        default:
+            ticket.cancelOne()
+            throw KafkaError(rdkafka: err)
         }
     }
 
     private func produce(_ message: OutgoingMessage, topic: RDKafkaTopic, ticket: DeliveryTicket) -> rd_kafka_resp_err_t {
-        let opaque = Unmanaged.passRetained(ticket).toOpaque()
+        let opaque = Unmanaged.passUnretained(ticket).toOpaque()
         let partition = message.partition ?? RD_KAFKA_PARTITION_UA
         let err: rd_kafka_resp_err_t = message.value.withUnsafeBytes { value in
             withOptionalBytes(message.key) { key in
@@ -112,9 +121,6 @@ public final class KafkaProducer: Service, Sendable {
                 return produceWithHeaders(message, topic: topic, partition: partition,
                                           value: value, key: key, opaque: opaque)
             }
-        }
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            Unmanaged<DeliveryTicket>.fromOpaque(opaque).release()
         }
         return err
     }
@@ -158,7 +164,7 @@ public final class KafkaProducer: Service, Sendable {
         return code
     }
 
-    private func topicHandle(_ name: String) throws(KafkaError) -> RDKafkaTopic {
+    func topicHandle(_ name: String) throws(KafkaError) -> RDKafkaTopic {
         let result: RDKafkaTopic? = topics.withLock { cache in
             if let topic = cache[name] { return topic }
             guard let pointer = rd_kafka_topic_new(handle.pointer, name, nil) else { return nil }
@@ -191,6 +197,11 @@ public final class KafkaProducer: Service, Sendable {
         guard !context.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         do { try await flush(timeout: timeout) } catch {
             logger.warning("producer closed with undelivered messages", metadata: ["error.code": "\(error.code)"])
+            // Fail what is left so every waiting `send` gets its report, then let the poll thread serve them.
+            rd_kafka_purge(handle.pointer, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+            for _ in 0..<50 where rd_kafka_outq_len(handle.pointer) > 0 {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
         }
         context.stopping.store(true, ordering: .releasing)
         context.wakeSpaceWaiters()
@@ -210,6 +221,44 @@ public final class KafkaProducer: Service, Sendable {
     public func run() async throws {
         try? await gracefulShutdown()
         await close()
+    }
+}
+
+/// The state of one `send(batch:)`: its ticket, the topic handle of the previous
+/// message (batches are usually for one topic), and the count.
+@usableFromInline
+struct BatchSend {
+    let producer: KafkaProducer
+    let ticket = DeliveryTicket()
+    var topic: (name: String, handle: RDKafkaTopic)?
+    var total = 0
+
+    @usableFromInline
+    init(producer: KafkaProducer) { self.producer = producer }
+
+    @usableFromInline
+    mutating func offer(_ message: OutgoingMessage) throws(KafkaError) -> Bool {
+        if topic?.name != message.topic { topic = (message.topic, try producer.topicHandle(message.topic)) }
+        guard try producer.offer(message, topic: topic!.handle, ticket: ticket) else { return false }
+        total += 1
+        return true
+    }
+
+    @usableFromInline
+    func waitForSpace() async throws(KafkaError) {
+        await producer.context.waitForSpace()
+    }
+
+    /// Messages already handed over still report to this ticket: wait for them.
+    @usableFromInline
+    func abandon() async { _ = await ticket.wait() }
+
+    @usableFromInline
+    func finish() async throws(KafkaError) {
+        let outcome = await ticket.wait()
+        if let error = outcome.firstError {
+            throw .delivery(failed: outcome.failures, of: total, first: error)
+        }
     }
 }
 
@@ -239,58 +288,80 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
 }
 
 /// Collects the delivery reports of one `send` call (one message or a batch).
+///
+/// Hot path: one atomic increment per message sent and one decrement per report;
+/// the lock is taken only for errors and for the final hand-over. The sender holds
+/// one extra "guard" count until it has installed its continuation, so the count
+/// can reach zero only once somebody is waiting.
 final class DeliveryTicket: Sendable {
     struct Outcome: Sendable {
-        var pending = 0
         var failures = 0
         var firstError: KafkaError?
         var lastReport: DeliveryReport?
-        var continuation: CheckedContinuation<Outcome, Never>?
     }
-    private let state = Mutex(Outcome())
+    private let pending = Atomic<Int>(1)
+    private let lastPartition = Atomic<Int32>(-1)
+    private let lastOffset = Atomic<Int64>(-1)
+    private let lastTopic = Atomic<UInt>(0)
+    private let state = Mutex<(outcome: Outcome, continuation: CheckedContinuation<Outcome, Never>?)>((Outcome(), nil))
 
-    func expectOne() { state.withLock { $0.pending += 1 } }
-    func cancelOne() { state.withLock { $0.pending -= 1 } }
+    func expectOne() { pending.add(1, ordering: .relaxed) }
+    func cancelOne() { pending.subtract(1, ordering: .relaxed) }
 
-    /// Called on the poll thread for each message.
-    func delivered(_ report: DeliveryReport?, error: KafkaError?) {
-        let resume: (CheckedContinuation<Outcome, Never>, Outcome)? = state.withLock { outcome in
-            outcome.pending -= 1
-            if let error {
-                outcome.failures += 1
-                if outcome.firstError == nil { outcome.firstError = error }
-            } else {
-                outcome.lastReport = report
-            }
-            guard outcome.pending == 0, let continuation = outcome.continuation else { return nil }
-            outcome.continuation = nil
-            return (continuation, outcome)
+    /// Called on the poll thread for each delivered message.
+    func delivered(partition: Int32, offset: Int64, topic: OpaquePointer?) {
+        lastPartition.store(partition, ordering: .relaxed)
+        lastOffset.store(offset, ordering: .relaxed)
+        lastTopic.store(UInt(bitPattern: topic.map { Int(bitPattern: UnsafeRawPointer($0)) } ?? 0), ordering: .relaxed)
+        release()
+    }
+
+    /// Called on the poll thread for each failed message.
+    func failed(_ error: KafkaError) {
+        state.withLock { s in
+            s.outcome.failures += 1
+            if s.outcome.firstError == nil { s.outcome.firstError = error }
         }
-        if let (continuation, outcome) = resume { continuation.resume(returning: outcome) }
+        release()
+    }
+
+    private func release() {
+        if pending.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { complete() }
+    }
+
+    private func complete() {
+        let (continuation, outcome) = state.withLock { s in
+            defer { s.continuation = nil }
+            return (s.continuation, s.outcome)
+        }
+        continuation?.resume(returning: outcome)
     }
 
     /// Waits for every enqueued message's report.
     func wait() async -> Outcome {
-        await withCheckedContinuation { continuation in
-            let ready: Outcome? = state.withLock { outcome in
-                if outcome.pending == 0 { return outcome }
-                outcome.continuation = continuation
-                return nil
-            }
-            if let ready { continuation.resume(returning: ready) }
+        var outcome = await withCheckedContinuation { continuation in
+            state.withLock { $0.continuation = continuation }
+            release()  // drop the sender's guard count
         }
+        if outcome.firstError == nil, lastPartition.load(ordering: .relaxed) >= 0,
+           let topic = OpaquePointer(bitPattern: lastTopic.load(ordering: .relaxed)) {
+            outcome.lastReport = DeliveryReport(topic: String(cString: rd_kafka_topic_name(topic)),
+                                                partition: lastPartition.load(ordering: .relaxed),
+                                                offset: lastOffset.load(ordering: .relaxed))
+        }
+        return outcome
     }
 }
 
 private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = { _, message, _ in
     guard let message, let opaque = message.pointee._private else { return }
-    let ticket = Unmanaged<DeliveryTicket>.fromOpaque(opaque).takeRetainedValue()
+    // Unretained: the sender keeps its ticket alive until every report arrived.
+    let ticket = Unmanaged<DeliveryTicket>.fromOpaque(opaque).takeUnretainedValue()
     let m = message.pointee
     if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-        let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
-        ticket.delivered(DeliveryReport(topic: topic, partition: m.partition, offset: m.offset), error: nil)
+        ticket.delivered(partition: m.partition, offset: m.offset, topic: m.rkt)
     } else {
-        ticket.delivered(nil, error: KafkaError(rdkafka: m.err))
+        ticket.failed(KafkaError(rdkafka: m.err))
     }
 }
 

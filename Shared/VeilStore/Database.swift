@@ -36,8 +36,14 @@ public final class Database: Service, Sendable {
     }
 
     /// Runs `body` in a transaction: committed if it returns, rolled back if it throws.
+    /// The closure's own error is rethrown as it is (not wrapped), once the rollback succeeded.
     public func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await client.withTransaction(logger: logger) { try await body($0) }
+        do {
+            return try await client.withTransaction(logger: logger) { try await body($0) }
+        } catch let error as PostgresTransactionError {
+            if let inner = error.closureError, error.rollbackError == nil { throw inner }
+            throw error
+        }
     }
 
     /// A schema-qualified table name for SQL built with `unsafeSQL`.

@@ -119,6 +119,20 @@ struct EnvelopeRoundTripTests {
         }
     }
 
+    @Test("the size follows the documented formula")
+    func documentedSize() throws {
+        let payload = [UInt8](repeating: 7, count: 512)
+        let sealed = try world.sealer("ingress").seal(EnvelopeDraft(
+            type: VeilWorld.received.type, parts: [.sealed("payload", payload: payload, to: ["anonymizer"])]))
+        let (t, q, k, label, kr) = (24, 7, 15, 7, 21)  // type, producer, signer key id, label, recipient key id
+        let header = 31 + 3 + t + q + k + 4 + 1
+        let part = 4 + 1 + 1 + label + 1 + 1 + kr + 4 + 32 + payload.count + 16
+        #expect(sealed.bytes.count == header + part + 64)
+        let two = try world.sealer("ingress").seal(EnvelopeDraft(
+            type: VeilWorld.received.type, parts: [.sealed("payload", payload: payload, to: ["anonymizer", "merger"])]))
+        #expect(two.bytes.count == sealed.bytes.count + 48 + (1 + 17 + 4 + 80))
+    }
+
     @Test("an empty payload round-trips")
     func emptyPayload() throws {
         let sealed = try world.sealer("ingress").seal(EnvelopeDraft(

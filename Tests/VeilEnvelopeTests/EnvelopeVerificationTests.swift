@@ -133,19 +133,24 @@ struct EnvelopeVerificationTests {
         #expect(throws: EnvelopeError.openFailed) { try shredded.verify(sealed.bytes, topic: topic) }
     }
 
-    @Test("a part whose ciphertext was re-sealed by another signer with a wrong content key fails to open")
-    func openFailed() throws {
+    @Test("a part with another part's HPKE key material fails to open", arguments: [["anonymizer"], ["anonymizer", "merger"]])
+    func openFailed(recipients: [String]) throws {
         let world = VeilWorld()
-        // Ingress seals a part to the anonymizer's key but with a payload AAD that differs:
-        // simulate by splicing the wrapped key of one part into another envelope.
-        let a = try world.inquiry(pseudonym: Array("first".utf8))
-        let b = try world.inquiry(pseudonym: Array("other".utf8))
-        let partA = try #require(try Envelope(parsing: a.bytes).part("pseudonym"))
-        let partB = try #require(try Envelope(parsing: b.bytes).part("pseudonym"))
+        // Two parts with identical headers (so identical AAD); splice A's
+        // encapsulated (and wrapped) key into B, re-sign, and deliver.
+        func seal(_ text: String) throws -> SealedPart {
+            let sealed = try world.sealer("ingress").seal(EnvelopeDraft(
+                type: VeilWorld.received.type, parts: [.sealed("secret", payload: Array(text.utf8), to: recipients)]))
+            return try #require(try Envelope(parsing: sealed.bytes).part("secret"))
+        }
+        let partA = try seal("first")
+        let partB = try seal("other")
+        let keysA = partA.wrappedKeyRanges(of: 0)
+        let keysB = partB.wrappedKeyRanges(of: 0)
         var spliced = Array(partB.bytes)
-        let keys = partA.wrappedKeyRanges(of: 0)
-        let offset = partB.wrappedKeyRanges(of: 0).encapsulated.lowerBound - partB.bytes.startIndex
-        spliced.replaceSubrange(offset..<(offset + 80), with: a.bytes[keys.encapsulated.lowerBound..<keys.wrapped.upperBound])
+        let offset = keysB.encapsulated.lowerBound - partB.bytes.startIndex
+        let keyMaterial = partA.bytes[keysA.encapsulated.lowerBound..<keysA.wrapped.upperBound]
+        spliced.replaceSubrange(offset..<(offset + keyMaterial.count), with: keyMaterial)
         let frankenPart = try SealedPart(parsing: spliced, range: 0..<spliced.count, limits: EnvelopeLimits())
         let resealed = try world.sealer("ingress").seal(EnvelopeDraft(type: VeilWorld.received.type,
                                                                       parts: [.forwarded(frankenPart)]))

@@ -1,2 +1,0 @@
-#include "baseline.h"
-int veil_baseline_placeholder(void){return 0;}

@@ -1,1 +1,0 @@
-int veil_baseline_placeholder(void);

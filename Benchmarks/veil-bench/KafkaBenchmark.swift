@@ -1,0 +1,136 @@
+import ArgumentParser
+import CKafkaBaseline
+import Foundation
+import Logging
+import VeilKafka
+
+/// `veil-bench kafka`: produce and consume throughput of VeilKafka against a plain C
+/// loop over librdkafka, same broker, message count and size, in one run.
+struct KafkaBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "kafka",
+                                                    abstract: "VeilKafka vs. a plain librdkafka C loop.")
+
+    @Option(help: "Bootstrap servers of a real cluster (default: an in-process embedded cluster).")
+    var brokers: String?
+    /// The embedded (mock) cluster keeps at most 5 MB per partition and drops older
+    /// data, so messages are spread evenly (message i to partition i % partitions).
+    @Option(help: "Partitions of the benchmark topics (the embedded cluster keeps 5 MB per partition).")
+    var partitions: Int32 = 128
+    @Option(help: "Messages per run.")
+    var messages: Int = 1_000_000
+    @Option(help: "Payload bytes per message.")
+    var size: Int = 256
+    @Option(help: "Rounds; the best of each side is reported.")
+    var rounds: Int = 2
+
+    func run() async throws {
+        var embedded: EmbeddedKafkaCluster?
+        let bootstrap: String
+        if let given = brokers {
+            bootstrap = given
+        } else {
+            embedded = try EmbeddedKafkaCluster(brokers: 3)
+            bootstrap = embedded!.bootstrapServers
+        }
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        print("veil-bench kafka: \(messages) messages of \(size) bytes, brokers \(bootstrap), \(rounds) round(s)")
+
+        var best = (cProduce: Double.infinity, veilProduce: Double.infinity, cConsume: Double.infinity, veilConsume: Double.infinity)
+        for round in 1...rounds {
+            let tag = UUID().uuidString.prefix(8)
+            let cTopic = "bench.c.\(tag)", veilTopic = "bench.veil.\(tag)"
+            if let embedded {
+                try embedded.createTopic(cTopic, partitions: partitions)
+                try embedded.createTopic(veilTopic, partitions: partitions)
+            } else {
+                try await KafkaAdmin(configuration: KafkaConfiguration(bootstrapServers: bootstrap), logger: logger)
+                    .ensureTopics([cTopic, veilTopic].map { TopicSpecification(name: $0, partitions: partitions) })
+            }
+
+            progress("round \(round): producing with C")
+            let cProduce = veil_baseline_produce(bootstrap, cTopic, Int64(messages), size, partitions)
+            guard cProduce > 0 else { throw ValidationError("baseline produce failed") }
+            progress(String(format: " %.2fs, with Veil", cProduce))
+            let veilProduce = try await produceWithVeil(bootstrap, topic: veilTopic, logger: logger)
+            progress(String(format: " %.2fs; consuming with C", veilProduce))
+            let cConsume = veil_baseline_consume(bootstrap, cTopic, "bench.c.\(tag)", Int64(messages))
+            guard cConsume > 0 else { throw ValidationError("baseline consume failed") }
+            progress(String(format: " %.2fs, with Veil", cConsume))
+            let veilConsume = try await consumeWithVeil(bootstrap, topic: veilTopic, group: "bench.veil.\(tag)", logger: logger)
+            progress(String(format: " %.2fs\n", veilConsume))
+            best = (min(best.cProduce, cProduce), min(best.veilProduce, veilProduce),
+                    min(best.cConsume, cConsume), min(best.veilConsume, veilConsume))
+        }
+        let n = Double(messages)
+        func rate(_ seconds: Double) -> String { String(format: "%10.0f msg/s %7.1f MB/s", n / seconds, n * Double(size) / seconds / 1e6) }
+        print("")
+        print("             plain librdkafka (C)          VeilKafka                     ratio (target >= 0.90)")
+        print("produce   \(rate(best.cProduce))   \(rate(best.veilProduce))   " + String(format: "%.2f", best.cProduce / best.veilProduce))
+        print("consume   \(rate(best.cConsume))   \(rate(best.veilConsume))   " + String(format: "%.2f", best.cConsume / best.veilConsume))
+        withExtendedLifetime(embedded) {}
+    }
+
+    private func produceWithVeil(_ bootstrap: String, topic: String, logger: Logger) async throws -> Double {
+        var configuration = ProducerConfiguration(kafka: KafkaConfiguration(bootstrapServers: bootstrap, clientID: "bench"))
+        configuration.maxQueuedMessages = 100_000
+        let producer = try KafkaProducer(configuration: configuration, logger: logger)
+        let payload = [UInt8](repeating: UInt8(ascii: "x"), count: size)
+        let start = ContinuousClock.now
+        // One send over a lazily built sequence: messages stream into librdkafka, one wait at the end.
+        let partitions = self.partitions
+        try await producer.send(batch: (0..<messages).lazy.map { i in
+            OutgoingMessage(topic: topic, value: payload, partition: Int32(i % Int(partitions)))
+        })
+        let elapsed = ContinuousClock.now - start
+        await producer.close()
+        return elapsed.seconds
+    }
+
+    private func consumeWithVeil(_ bootstrap: String, topic: String, group: String, logger: Logger) async throws -> Double {
+        let configuration = ConsumerConfiguration(kafka: KafkaConfiguration(bootstrapServers: bootstrap, clientID: "bench"),
+                                                  groupID: group, topics: [topic])
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+        var received = 0, bytes = 0, batches = 0
+        var start: ContinuousClock.Instant?
+        var gaps: [String] = []
+        var last = ContinuousClock.now
+        while received < messages, let batch = try await nextBatch(consumer) {
+            if start == nil { start = .now }
+            let now = ContinuousClock.now
+            if now - last > .milliseconds(200) { gaps.append("\(received)@\((now - last).seconds)") }
+            last = now
+            for message in batch { bytes += message.value.count }
+            received += batch.count
+            batches += 1
+            consumer.markProcessed(batch)
+        }
+        let elapsed = ContinuousClock.now - (start ?? .now)
+        await consumer.close()
+        precondition(bytes == received * size)
+        if ProcessInfo.processInfo.environment["VEIL_BENCH_DEBUG"] != nil { progress(" [\(batches) batches, gaps \(gaps)]") }
+        return elapsed.seconds
+    }
+}
+
+/// The next batch, or an error if the broker sends nothing for 30 seconds.
+func nextBatch(_ consumer: KafkaConsumer) async throws -> [KafkaMessage]? {
+    try await withThrowingTaskGroup(of: [KafkaMessage]?.self) { group in
+        group.addTask { try await consumer.nextBatch() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(30))
+            throw ValidationError("no message for 30 s: did the broker drop old segments? raise --partitions")
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// Progress on standard error, unbuffered, so a long run shows where it is.
+func progress(_ text: String) {
+    FileHandle.standardError.write(Data(text.utf8))
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,5 @@
+import ArgumentParser
+
+extension VeilBench {
+    static let benchmarks: [any ParsableCommand.Type] = [KafkaBenchmark.self]
+}

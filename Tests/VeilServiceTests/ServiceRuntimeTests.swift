@@ -1,0 +1,134 @@
+import Foundation
+import Synchronization
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+import VeilContracts
+import VeilKafka
+@testable import VeilService
+
+@Suite("Service runtime", .timeLimit(.minutes(2)))
+struct ServiceRuntimeTests {
+    let complete = [
+        "KAFKA_BROKERS": "127.0.0.1:9092",
+        "DATABASE_URL": "postgres://u:p@127.0.0.1:5432/veil",
+    ]
+
+    @Test("a complete environment loads with defaults")
+    func loadsDefaults() throws {
+        let configuration = try ServiceConfiguration.load(service: .matcher, environment: complete)
+        #expect(configuration.adminPort == 9090)
+        #expect(configuration.topicPartitions == 12)
+        #expect(configuration.kafka.clientID == "veil-matcher")
+        #expect(configuration.database.username == "u")
+    }
+
+    @Test("each missing or bad variable is named in the error", arguments: [
+        ("KAFKA_BROKERS", nil, "is required"),
+        ("DATABASE_URL", nil, "is required"),
+        ("DATABASE_URL", "mysql://x", "postgres://"),
+        ("KAFKA_BROKERS", "nocolon", "host:port"),
+        ("VEIL_ADMIN_PORT", "http", "integer"),
+        ("VEIL_LOG_LEVEL", "loud", "one of"),
+        ("VEIL_CREATE_TOPICS", "maybe", "true or false"),
+    ] as [(String, String?, String)])
+    func badVariable(variable: String, value: String?, message: String) throws {
+        var environment = complete
+        environment[variable] = value
+        #expect {
+            _ = try ServiceConfiguration.load(service: .matcher, environment: environment)
+        } throws: { error in
+            let error = error as? ConfigurationError
+            return error?.variable == variable && error?.description.contains(message) == true
+        }
+    }
+
+    @Test("TLS and SASL settings pass through to librdkafka")
+    func securityPassThrough() throws {
+        var environment = complete
+        environment["KAFKA_SECURITY_PROTOCOL"] = "sasl_ssl"
+        environment["KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-512"
+        environment["KAFKA_SASL_USERNAME"] = "veil-matcher"
+        environment["KAFKA_SSL_CA_LOCATION"] = "/etc/kafka/ca.pem"
+        let kafka = try ServiceConfiguration.load(service: .matcher, environment: environment).kafka
+        #expect(kafka.properties["security.protocol"] == "sasl_ssl")
+        #expect(kafka.properties["sasl.mechanism"] == "SCRAM-SHA-512")
+        #expect(kafka.properties["sasl.username"] == "veil-matcher")
+        #expect(kafka.properties["ssl.ca.location"] == "/etc/kafka/ca.pem")
+    }
+
+    @Test("a service started without KAFKA_BROKERS exits non-zero naming the variable")
+    func executableRefusesBadConfiguration() throws {
+        let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug/matcher")
+        try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build the services first (make test does)")
+        let process = Process()
+        process.executableURL = binary
+        process.environment = ["DATABASE_URL": "postgres://u:p@127.0.0.1:5432/veil", "PATH": "/usr/bin:/bin"]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = Pipe()
+        try process.run()
+        process.waitUntilExit()
+        let output = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 2)
+        #expect(output.contains("KAFKA_BROKERS"))
+    }
+
+    @Test("a running service is live, becomes ready once Kafka, PostgreSQL and migrations are, and serves metrics")
+    func healthAndMetrics() async throws {
+        let kafka = try Kafka()
+        for topic in Topic.allWithDeadLetters { try kafka.cluster.createTopic(topic.name, partitions: 2) }
+        let database = try adminDatabase()
+        var environment = complete
+        environment["KAFKA_BROKERS"] = kafka.cluster.bootstrapServers
+        environment["DATABASE_URL"] = "postgres://\(database.username):\(database.password ?? "")@\(database.host):\(database.port)/\(database.database)"
+        environment["VEIL_ADMIN_PORT"] = "0"
+        environment["VEIL_ADMIN_HOST"] = "127.0.0.1"
+        let configuration = try ServiceConfiguration.load(service: .merger, environment: environment)
+        let port = PortBox()
+        let runtime = ServiceRuntime(service: .merger) { _ in UnsupportedMessageHandler() }
+        let running = Task { try await runtime.run(configuration: configuration, logger: quietLogger) { port.set($0) } }
+        defer { running.cancel() }
+
+        let base = try await port.wait()
+        #expect(try await get("http://127.0.0.1:\(base)/health/live").status == 200)
+        var ready = try await get("http://127.0.0.1:\(base)/health/ready")
+        for _ in 0..<100 where ready.status != 200 {
+            try await Task.sleep(for: .milliseconds(200))
+            ready = try await get("http://127.0.0.1:\(base)/health/ready")
+        }
+        #expect(ready.status == 200)
+        #expect(ready.body.contains("ready"))
+
+        let producer = try kafka.producer()
+        try await producer.send(OutgoingMessage(topic: Topic.inquiriesMatched.name, value: Array("x".utf8)))
+        await producer.close()
+        var metrics = ""
+        for _ in 0..<100 where !metrics.contains("veil_dead_letters_total") {
+            try await Task.sleep(for: .milliseconds(200))
+            metrics = try await get("http://127.0.0.1:\(base)/metrics").body
+        }
+        #expect(metrics.contains(#"veil_messages_in_total{topic="veil.inquiries.matched.v1"} "#), "at least once; a start-up rebalance may redeliver")
+        #expect(metrics.contains("veil_processing_duration_seconds"))
+        #expect(metrics.contains(#"veil_errors_total{code="stage.unsupported_type"}"#))
+    }
+}
+
+final class PortBox: Sendable {
+    private let value = Mutex<Int?>(nil)
+    func set(_ port: Int) { value.withLock { $0 = port } }
+    func wait() async throws -> Int {
+        for _ in 0..<300 {
+            if let port = value.withLock({ $0 }) { return port }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw ConfigurationError(variable: "VEIL_ADMIN_PORT", reason: "server did not start")
+    }
+}
+
+func get(_ url: String) async throws -> (status: Int, body: String) {
+    let (data, response) = try await URLSession.shared.data(from: URL(string: url)!)
+    return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+}
