@@ -28,6 +28,7 @@ let package = Package(
         .library(name: "VeilKafka", targets: ["VeilKafka"]),
         .library(name: "VeilStore", targets: ["VeilStore"]),
         .library(name: "VeilService", targets: ["VeilService"]),
+        .library(name: "VeilEnvelope", targets: ["VeilEnvelope"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
@@ -38,6 +39,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
     ],
     targets: [
         // MARK: Shared libraries
@@ -45,6 +47,8 @@ let package = Package(
                        providers: [.apt(["librdkafka-dev"])]),
         .target(name: "VeilCore", dependencies: [.product(name: "Crypto", package: "swift-crypto")],
                 path: "Shared/VeilCore"),
+        .target(name: "VeilEnvelope", dependencies: ["VeilCore", .product(name: "Crypto", package: "swift-crypto")],
+                path: "Shared/VeilEnvelope"),
         .target(name: "VeilKafka", dependencies: ["CRdKafka", "VeilCore", log, lifecycle], path: "Shared/VeilKafka"),
         .target(name: "VeilStore", dependencies: [
             "VeilCore", "VeilKafka", log, lifecycle,
@@ -52,7 +56,7 @@ let package = Package(
         ], path: "Shared/VeilStore"),
         .target(name: "VeilContracts", dependencies: [], path: "Shared/VeilContracts"),
         .target(name: "VeilService", dependencies: [
-            "VeilCore", "VeilKafka", "VeilStore", "VeilContracts", log, lifecycle,
+            "VeilCore", "VeilKafka", "VeilStore", "VeilContracts", "VeilEnvelope", log, lifecycle,
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -63,17 +67,21 @@ let package = Package(
         // MARK: Tools
         .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", "VeilContracts", argumentParser],
                           path: "Tools/veil-dev-broker"),
-        .executableTarget(name: "veilctl", dependencies: ["VeilService", argumentParser], path: "Tools/veilctl", exclude: ["KeysCommand.swift"]),
+        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", argumentParser], path: "Tools/veilctl"),
 
         // MARK: Benchmarks
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
-        .executableTarget(name: "veil-bench", dependencies: ["VeilKafka", "CKafkaBaseline", argumentParser],
-                          path: "Benchmarks/veil-bench", exclude: ["EnvelopeBenchmark.swift"]),
+        .executableTarget(name: "veil-bench", dependencies: [
+            "VeilKafka", "VeilEnvelope", "CKafkaBaseline", argumentParser, .product(name: "Crypto", package: "swift-crypto"),
+        ], path: "Benchmarks/veil-bench"),
 
         // MARK: Tests
+        .testTarget(name: "VeilEnvelopeTests", dependencies: [
+            "VeilEnvelope", .product(name: "PropertyBased", package: "swift-property-based"),
+        ], path: "Tests/VeilEnvelopeTests"),
         .testTarget(name: "VeilKafkaTests", dependencies: ["VeilKafka"], path: "Tests/VeilKafkaTests"),
         .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore", "VeilKafka"], path: "Tests/VeilStoreTests"),
-        .testTarget(name: "VeilServiceTests", dependencies: ["VeilService"], path: "Tests/VeilServiceTests"),
+        .testTarget(name: "VeilServiceTests", dependencies: ["VeilService", "VeilEnvelope"], path: "Tests/VeilServiceTests"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -12,6 +12,11 @@ mkdir -p "$logs"
 services=(ingress anonymizer key-vault matcher merger dispatcher technician-alerter)
 base_port=${VEIL_DEMO_ADMIN_PORT:-9101}
 
+echo "==> generating a development key set (services, directory, demo provider) in $state/keys"
+rm -rf "$state/keys"
+"$bin/veilctl" keys init --out "$state/keys" >/dev/null
+export VEIL_KEYS_DIR=$state/keys
+
 echo "==> provisioning one database role and schema per service"
 eval "$("$bin/veilctl" db provision --exports)"
 
@@ -56,7 +61,7 @@ for s in "${services[@]}"; do
 done
 
 echo
-echo "==> a message no service can handle yet goes to its dead-letter topic, with the reason"
+echo "==> a value that is not a signed envelope goes to the dead-letter topic, with the reason"
 printf 'not-an-envelope' | kcat -P -b "$KAFKA_BROKERS" -t veil.inquiries.tokenized.v1 -k demo-1 -H ce_id=demo-1 -H ce_type=demo.poison 2>/dev/null
 for _ in $(seq 1 30); do
   out=$(kcat -C -b "$KAFKA_BROKERS" -t veil.inquiries.tokenized.v1.dlq -o beginning -e -q \

@@ -48,6 +48,18 @@ public struct EnvelopeVerifier: Sendable {
         }
     }
 
+    /// Verifies a batch across all cores, judging each envelope's freshness against its
+    /// own reference time: a Kafka consumer passes each record's broker timestamp, so a
+    /// backlog read late is not stale, while an old envelope produced again is.
+    public func verifyBatch(_ messages: [(topic: String, bytes: [UInt8], at: Date)]) async -> [Result<VerifiedEnvelope, EnvelopeError>] {
+        let snapshot = directory.snapshot()
+        return await ParallelBatch.map(messages) { message in
+            Result { () throws(EnvelopeError) in
+                try verify(message.bytes, topic: message.topic, now: Self.milliseconds(message.at), using: snapshot)
+            }
+        }
+    }
+
     func verify(_ bytes: [UInt8], topic: String, now: UInt64,
                 using directory: ResolvedDirectory) throws(EnvelopeError) -> VerifiedEnvelope {
         let envelope = try Envelope(parsing: bytes, limits: configuration.limits)

@@ -43,8 +43,8 @@ public struct ServiceConfiguration: Sendable {
     public var maxAttempts: Int
     /// Create missing topics at start-up (off where topics are managed elsewhere).
     public var createTopics: Bool
-    /// Where the service's keys and the key directory are mounted.
-    public var keysDirectory: String?
+    /// Where the service's keys and the signed key directory are mounted.
+    public var keysDirectory: String
 
     /// The variables every service reads.
     public static let variables: [ConfigurationVariable] = [
@@ -58,7 +58,8 @@ public struct ServiceConfiguration: Sendable {
         ConfigurationVariable("VEIL_TOPIC_REPLICATION", default: "1", "Replication factor of topics created at start-up"),
         ConfigurationVariable("VEIL_MAX_ATTEMPTS", default: "5", "Attempts before a failing message goes to <topic>.dlq"),
         ConfigurationVariable("VEIL_CREATE_TOPICS", default: "true", "Create missing topics at start-up"),
-        ConfigurationVariable("VEIL_KEYS_DIR", "Directory with the service's keys and the signed key directory"),
+        ConfigurationVariable("VEIL_KEYS_DIR", required: true,
+                              "Folder with <service>/signing.vN.key, encryption.vN.key and key-directory.json (mounted secret)"),
         ConfigurationVariable("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext or sasl_ssl"),
         ConfigurationVariable("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
         ConfigurationVariable("KAFKA_SASL_USERNAME", "SASL user (one principal per service)"),
@@ -135,7 +136,7 @@ public struct ServiceConfiguration: Sendable {
             topicReplication: Int32(try integer("VEIL_TOPIC_REPLICATION", in: 1...10)),
             maxAttempts: try integer("VEIL_MAX_ATTEMPTS", in: 1...100),
             createTopics: try boolean("VEIL_CREATE_TOPICS"),
-            keysDirectory: value("VEIL_KEYS_DIR"))
+            keysDirectory: try required("VEIL_KEYS_DIR"))
     }
 }
 

@@ -14,27 +14,32 @@ public final class ServiceMetrics: Sendable {
 
     /// Messages consumed from `topic`.
     public func messageIn(topic: String, count: Int = 1) {
-        registry.makeCounter(name: "veil_messages_in_total", labels: [("topic", topic)]).increment(by: Int64(count))
+        registry.makeCounter(descriptor: Self.messagesIn, labels: [("topic", topic)]).increment(by: Int64(count))
     }
 
     /// Messages produced to `topic`.
     public func messageOut(topic: String, count: Int = 1) {
-        registry.makeCounter(name: "veil_messages_out_total", labels: [("topic", topic)]).increment(by: Int64(count))
+        registry.makeCounter(descriptor: Self.messagesOut, labels: [("topic", topic)]).increment(by: Int64(count))
     }
 
     /// A failure, by its stable error code.
     public func error(code: String) {
-        registry.makeCounter(name: "veil_errors_total", labels: [("code", code)]).increment()
+        registry.makeCounter(descriptor: Self.errors, labels: [("code", code)]).increment()
+    }
+
+    /// A duplicate (an id already applied) dropped without effect.
+    public func duplicateDropped(topic: String) {
+        registry.makeCounter(descriptor: Self.duplicates, labels: [("topic", topic)]).increment()
     }
 
     /// A message sent to a dead-letter topic.
     public func deadLettered(topic: String) {
-        registry.makeCounter(name: "veil_dead_letters_total", labels: [("topic", topic)]).increment()
+        registry.makeCounter(descriptor: Self.deadLetters, labels: [("topic", topic)]).increment()
     }
 
     /// Time from taking a message to having its effects acknowledged.
     public func processing(_ duration: Duration, topic: String) {
-        registry.makeDurationHistogram(name: "veil_processing_duration_seconds", labels: [("topic", topic)],
+        registry.makeDurationHistogram(descriptor: Self.processingDuration, labels: [("topic", topic)],
                                        buckets: Self.latencyBuckets).record(duration)
     }
 
@@ -43,7 +48,7 @@ public final class ServiceMetrics: Sendable {
         lagGauges.withLock { gauges in
             for (tp, value) in lag {
                 let gauge = gauges[tp] ?? registry.makeGauge(
-                    name: "veil_consumer_lag", labels: [("topic", tp.topic), ("partition", String(tp.partition))])
+                    descriptor: Self.consumerLag, labels: [("topic", tp.topic), ("partition", String(tp.partition))])
                 gauges[tp] = gauge
                 gauge.set(Double(value))
             }
@@ -56,6 +61,21 @@ public final class ServiceMetrics: Sendable {
         registry.emit(into: &buffer)
         return buffer
     }
+
+    static var messagesIn: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "messages_in", unitName: "total",
+                                                 helpText: "Messages consumed, by topic") }
+    static var messagesOut: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "messages_out", unitName: "total",
+                                                  helpText: "Messages produced and acknowledged, by topic") }
+    static var errors: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "errors", unitName: "total",
+                                             helpText: "Failures, by stable error code") }
+    static var duplicates: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "duplicates_dropped", unitName: "total",
+                                                 helpText: "Messages dropped as duplicates of already applied ids") }
+    static var deadLetters: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "dead_letters", unitName: "total",
+                                                  helpText: "Messages sent to <topic>.dlq, by source topic") }
+    static var processingDuration: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "processing_duration", unitName: "seconds",
+                                                         helpText: "From taking a message to its outputs being acknowledged") }
+    static var consumerLag: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "consumer_lag", unitName: "messages",
+                                                  helpText: "Messages behind the high watermark, per partition") }
 
     static let latencyBuckets: [Duration] = [
         .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),

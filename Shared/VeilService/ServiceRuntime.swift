@@ -3,6 +3,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import VeilContracts
+import VeilEnvelope
 import VeilKafka
 import VeilStore
 
@@ -12,6 +13,8 @@ public struct ServiceContext: Sendable {
     public let configuration: ServiceConfiguration
     public let database: Database
     public let producer: KafkaProducer
+    /// The service's identity and the key directory: seals, signs, verifies, opens.
+    public let codec: EnvelopeCodec
     public let metrics: ServiceMetrics
     public let logger: Logger
 }
@@ -60,10 +63,19 @@ public struct ServiceRuntime: Sendable {
     public func run(configuration: ServiceConfiguration, logger: Logger,
                     onAdminRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let metrics = ServiceMetrics()
+        let keys = KeyFolder(url: URL(fileURLWithPath: configuration.keysDirectory))
+        let codec: EnvelopeCodec
+        do {
+            codec = EnvelopeCodec(identity: try keys.identity(service.rawValue), directory: try keys.directoryStore())
+        } catch {
+            throw ConfigurationError(variable: "VEIL_KEYS_DIR", reason: "cannot load keys: \(error.description)")
+        }
         let database = try Database(configuration: configuration.database, schema: service.schema, logger: logger)
         let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: configuration.kafka), logger: logger)
         let context = ServiceContext(configuration: configuration, database: database, producer: producer,
-                                     metrics: metrics, logger: logger)
+                                     codec: codec, metrics: metrics, logger: logger)
+        let follower = try KeyDirectoryFollower(kafka: configuration.kafka, service: service,
+                                                directory: codec.directory, logger: logger)
         let started = StartupState()
         let admin = KafkaAdmin(configuration: configuration.kafka, logger: logger)
         let pipeline = Pipeline(runtime: self, context: context, started: started)
@@ -79,6 +91,7 @@ public struct ServiceRuntime: Sendable {
             services: [
                 .init(service: database),
                 .init(service: producer),
+                .init(service: follower),
                 .init(service: pipeline),
                 .init(service: adminServer),
             ],
@@ -122,7 +135,11 @@ struct Pipeline: Service {
             }
         }
         try await retrying("migrate", logger: logger) { try await context.database.migrate(runtime.migrations) }
-        let handler = try runtime.makeHandler(context)
+        try await runStage(try runtime.makeHandler(context))
+    }
+
+    private func runStage<Handler: MessageHandler>(_ handler: Handler) async throws {
+        let configuration = context.configuration, logger = context.logger
         var consumerConfiguration = ConsumerConfiguration(kafka: configuration.kafka, groupID: runtime.service.consumerGroup,
                                                           topics: runtime.service.consumes.map(\.name))
         consumerConfiguration.maxBatchSize = 256

@@ -9,11 +9,18 @@ public struct StageError: Error, Sendable, CustomStringConvertible {
     public let code: String
     public let reason: String
     public let permanent: Bool
+    /// A duplicate of a message already applied: dropped without effect or dead letter.
+    public let duplicate: Bool
 
-    public init(code: String, reason: String, permanent: Bool) {
+    public init(code: String, reason: String, permanent: Bool, duplicate: Bool = false) {
         self.code = code
         self.reason = reason
         self.permanent = permanent
+        self.duplicate = duplicate
+    }
+
+    public static func duplicate(_ code: String, _ reason: String) -> StageError {
+        StageError(code: code, reason: reason, permanent: true, duplicate: true)
     }
 
     public static func permanent(_ code: String, _ reason: String) -> StageError {
@@ -30,8 +37,19 @@ public struct StageError: Error, Sendable, CustomStringConvertible {
 /// What a stage does with one consumed message: its effects, and the messages to
 /// produce. A stage derives each output id from its input id
 /// (`MessageID.derived(from:stage:)`) so a retry produces the same ids.
+///
+/// `prepare` runs once per batch (e.g. verifying envelopes in parallel) and is not
+/// retried; `handle` is retried on transient failures.
 public protocol MessageHandler: Sendable {
-    func handle(_ message: KafkaMessage) async throws -> [OutgoingMessage]
+    associatedtype Input: Sendable = KafkaMessage
+    func prepare(_ batch: [KafkaMessage]) async -> [Result<Input, StageError>]
+    func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage]
+}
+
+extension MessageHandler where Input == KafkaMessage {
+    public func prepare(_ batch: [KafkaMessage]) async -> [Result<KafkaMessage, StageError>] {
+        batch.map { .success($0) }
+    }
 }
 
 /// The stage loop: consume → handle → produce → mark processed, with retries and
@@ -42,17 +60,17 @@ public protocol MessageHandler: Sendable {
 /// the same (derived) ids again, which the next consumer drops. A message that
 /// fails permanently, or `maxAttempts` times, goes to `<topic>.dlq` with headers
 /// saying why, and the partition moves on: a poison message never stops it.
-public final class StageRunner: Service, Sendable {
+public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
     let name: String
     let consumer: KafkaConsumer
     let producer: KafkaProducer
-    let handler: any MessageHandler
+    let handler: Handler
     let metrics: ServiceMetrics
     let maxAttempts: Int
     let retryBackoff: Duration
     let logger: Logger
 
-    public init(name: String, consumer: KafkaConsumer, producer: KafkaProducer, handler: any MessageHandler,
+    public init(name: String, consumer: KafkaConsumer, producer: KafkaProducer, handler: Handler,
                 metrics: ServiceMetrics, maxAttempts: Int = 5, retryBackoff: Duration = .milliseconds(200), logger: Logger) {
         self.name = name
         self.consumer = consumer
@@ -86,11 +104,20 @@ public final class StageRunner: Service, Sendable {
     public func process(_ batch: [KafkaMessage]) async throws {
         var outputs: [OutgoingMessage] = []
         var timings: [(String, ContinuousClock.Instant)] = []
-        for message in batch {
-            let started = ContinuousClock.now
+        let started = ContinuousClock.now
+        let prepared = await handler.prepare(batch)
+        for (message, input) in zip(batch, prepared) {
             metrics.messageIn(topic: message.topic)
-            outputs += await handleWithRetries(message)
             timings.append((message.topic, started))
+            switch input {
+            case .success(let input):
+                outputs += await handleWithRetries(input, message: message)
+            case .failure(let error) where error.duplicate:
+                metrics.duplicateDropped(topic: message.topic)
+                logger.debug("duplicate dropped", metadata: ["message.id": "\(message.headerString("ce_id") ?? "-")"])
+            case .failure(let error):
+                outputs.append(deadLetter(message, code: error.code, reason: error.reason, attempts: 1))
+            }
         }
         try await produceUntilAcknowledged(outputs)
         for output in outputs { metrics.messageOut(topic: output.topic) }
@@ -99,12 +126,12 @@ public final class StageRunner: Service, Sendable {
         for (topic, started) in timings { metrics.processing(now - started, topic: topic) }
     }
 
-    private func handleWithRetries(_ message: KafkaMessage) async -> [OutgoingMessage] {
+    private func handleWithRetries(_ input: Handler.Input, message: KafkaMessage) async -> [OutgoingMessage] {
         var attempt = 0
         while true {
             attempt += 1
             do {
-                return try await handler.handle(message)
+                return try await handler.handle(input, message: message)
             } catch let error as StageError where error.permanent {
                 return [deadLetter(message, code: error.code, reason: error.reason, attempts: attempt)]
             } catch {

@@ -1,14 +1,14 @@
+import VeilEnvelope
 import VeilKafka
 
-/// The handler of a service whose domain step is not built yet: it joins its group,
-/// serves health and metrics, and sends every message it receives to the
-/// dead-letter topic with `stage.unsupported_type`, so nothing is dropped silently
-/// and the messages can be replayed once the step exists.
-public struct UnsupportedMessageHandler: MessageHandler {
+/// The step of a service whose domain logic is not built yet. Messages are still
+/// verified as envelopes first (a forged or malformed one is dead-lettered with its
+/// envelope error); a genuine one is dead-lettered with `stage.unsupported_type`, so
+/// nothing is dropped silently and it can be replayed once the step exists.
+public struct UnsupportedEnvelopeHandler: EnvelopeHandler {
     public init() {}
 
-    public func handle(_ message: KafkaMessage) async throws -> [OutgoingMessage] {
-        throw StageError.permanent("stage.unsupported_type",
-                                   "no handler for \(message.headerString("ce_type") ?? "untyped message") on \(message.topic)")
+    public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        throw StageError.permanent("stage.unsupported_type", "no handler for \(envelope.header.type) on \(message.topic)")
     }
 }

@@ -7,7 +7,7 @@ import VeilKafka
 /// Fails permanently on "poison", always transiently on "flaky", and passes the rest on.
 struct PickyStage: MessageHandler {
     let attempts = Attempts()
-    func handle(_ message: KafkaMessage) async throws -> [OutgoingMessage] {
+    func handle(_ input: KafkaMessage, message: KafkaMessage) async throws -> [OutgoingMessage] {
         let text = String(decoding: message.value, as: UTF8.self)
         attempts.count(text)
         switch text {

@@ -8,7 +8,7 @@ import VeilStore
 
 /// A stage that turns each input into one output whose id is derived from the input's.
 struct UppercaseStage: MessageHandler {
-    func handle(_ message: KafkaMessage) async throws -> [OutgoingMessage] {
+    func handle(_ input: KafkaMessage, message: KafkaMessage) async throws -> [OutgoingMessage] {
         guard let id = message.messageID else { throw StageError.permanent("test.no_id", "missing ce_id") }
         let output = MessageID.derived(from: id, stage: "uppercase")
         return [OutgoingMessage(topic: message.topic + ".out", key: message.key,
@@ -62,7 +62,7 @@ struct ExactlyOnceEffectTests {
         // First attempt: transform and produce, then die before the input's offset is stored.
         let doomed = try kafka.consumer(group: "stage", topic: input)
         let batch = try #require(try await doomed.nextBatch())
-        try await producer.send(batch: try await UppercaseStage().handle(batch[0]))
+        try await producer.send(batch: try await UppercaseStage().handle(batch[0], message: batch[0]))
         doomed.abandon()
 
         // After the restart the stage loop processes the redelivered input normally.

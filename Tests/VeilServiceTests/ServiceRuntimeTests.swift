@@ -5,6 +5,7 @@ import FoundationNetworking
 #endif
 import Testing
 import VeilContracts
+import VeilEnvelope
 import VeilKafka
 @testable import VeilService
 
@@ -13,6 +14,7 @@ struct ServiceRuntimeTests {
     let complete = [
         "KAFKA_BROKERS": "127.0.0.1:9092",
         "DATABASE_URL": "postgres://u:p@127.0.0.1:5432/veil",
+        "VEIL_KEYS_DIR": "/run/secrets/veil",
     ]
 
     @Test("a complete environment loads with defaults")
@@ -32,6 +34,7 @@ struct ServiceRuntimeTests {
         ("VEIL_ADMIN_PORT", "http", "integer"),
         ("VEIL_LOG_LEVEL", "loud", "one of"),
         ("VEIL_CREATE_TOPICS", "maybe", "true or false"),
+        ("VEIL_KEYS_DIR", nil, "is required"),
     ] as [(String, String?, String)])
     func badVariable(variable: String, value: String?, message: String) throws {
         var environment = complete
@@ -86,9 +89,14 @@ struct ServiceRuntimeTests {
         environment["DATABASE_URL"] = "postgres://\(database.username):\(database.password ?? "")@\(database.host):\(database.port)/\(database.database)"
         environment["VEIL_ADMIN_PORT"] = "0"
         environment["VEIL_ADMIN_HOST"] = "127.0.0.1"
+        let keys = FileManager.default.temporaryDirectory.appendingPathComponent("veil-keys-\(UUID())")
+        try KeyFolder.createDevelopmentKeys(at: keys)
+        environment["VEIL_KEYS_DIR"] = keys.path
         let configuration = try ServiceConfiguration.load(service: .merger, environment: environment)
         let port = PortBox()
-        let runtime = ServiceRuntime(service: .merger) { _ in UnsupportedMessageHandler() }
+        let runtime = ServiceRuntime(service: .merger) { context in
+            EnvelopeStage(codec: context.codec, handler: UnsupportedEnvelopeHandler())
+        }
         let running = Task { try await runtime.run(configuration: configuration, logger: quietLogger) { port.set($0) } }
         defer { running.cancel() }
 
@@ -112,7 +120,7 @@ struct ServiceRuntimeTests {
         }
         #expect(metrics.contains(#"veil_messages_in_total{topic="veil.inquiries.matched.v1"} "#), "at least once; a start-up rebalance may redeliver")
         #expect(metrics.contains("veil_processing_duration_seconds"))
-        #expect(metrics.contains(#"veil_errors_total{code="stage.unsupported_type"}"#))
+        #expect(metrics.contains(#"veil_errors_total{code="envelope.malformed"}"#), "a bare value is not an envelope")
     }
 }
 

@@ -1,5 +1,5 @@
 import ArgumentParser
 
 extension Veilctl {
-    static let available: [any ParsableCommand.Type] = [DatabaseCommand.self]
+    static let available: [any ParsableCommand.Type] = [DatabaseCommand.self, KeysCommand.self, ConfigCommand.self]
 }

@@ -1,0 +1,107 @@
+import Foundation
+import Testing
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+@testable import VeilService
+
+/// The anonymizer's shape: open the part addressed to it, forward the merger's part
+/// unopened, publish to the key-vault under an id derived from the input's.
+struct ForwardingStage: EnvelopeHandler {
+    func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        guard let pseudonym = envelope.payload("pseudonym"), let access = envelope.part("access-info") else {
+            throw StageError.permanent("test.missing_part", "pseudonym or access info missing")
+        }
+        return [try codec.message(EnvelopeDraft(
+            id: .derived(from: envelope.header.id, stage: "anonymizer"), type: "veil.inquiry.anonymized.v1",
+            parts: [.sealed("encrypted-id", payload: pseudonym.reversed(), to: ["key-vault"]), .forwarded(access)]),
+            topic: "veil.inquiries.anonymized.v1", key: message.key)]
+    }
+}
+
+@Suite("Envelopes over Kafka", .timeLimit(.minutes(2)))
+struct EnvelopeOverKafkaTests {
+    let keys: KeyFolder
+
+    init() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("veil-keys-\(UUID())")
+        keys = try KeyFolder.createDevelopmentKeys(at: url)
+    }
+
+    func codec(_ party: String) throws -> EnvelopeCodec {
+        EnvelopeCodec(identity: try keys.identity(party), directory: try keys.directoryStore())
+    }
+
+    @Test("a stage verifies, opens its part, forwards the part it cannot open, and the final recipient opens it; tampered and replayed messages never take effect")
+    func stageOverKafka() async throws {
+        let kafka = try Kafka()
+        for topic in ["veil.inquiries.received.v1", "veil.inquiries.received.v1.dlq", "veil.inquiries.anonymized.v1"] {
+            try kafka.cluster.createTopic(topic, partitions: 1)
+        }
+        let ingress = try codec("ingress")
+        let producer = try kafka.producer()
+        func inquiry(_ pseudonym: String) throws -> OutgoingMessage {
+            try ingress.message(EnvelopeDraft(type: "veil.inquiry.received.v1", parts: [
+                .sealed("pseudonym", payload: Array(pseudonym.utf8), to: ["anonymizer"]),
+                .sealed("access-info", payload: Array("channel=app".utf8), to: ["merger"]),
+            ]), topic: "veil.inquiries.received.v1", key: Array("inq-\(pseudonym)".utf8))
+        }
+        let good = try inquiry("P-1")
+        var tampered = try inquiry("P-2")
+        tampered.value[tampered.value.count / 2] ^= 0x01
+        try await producer.send(batch: [good, tampered, good])  // the third is a replay of the first
+
+        let metrics = ServiceMetrics()
+        let stage = StageRunner(name: "anonymizer", consumer: try kafka.consumer(group: "anonymizer", topic: "veil.inquiries.received.v1"),
+                                producer: producer, handler: EnvelopeStage(codec: try codec("anonymizer"), handler: ForwardingStage()),
+                                metrics: metrics, logger: quietLogger)
+        let running = Task { try await stage.run() }
+        defer { running.cancel() }
+
+        let outputs = try await read(try kafka.consumer(group: "vault", topic: "veil.inquiries.anonymized.v1"), count: 1)
+        let output = try #require(outputs.first)
+        #expect(output.headerString("ce_type") == "veil.inquiry.anonymized.v1")
+        #expect(output.headerString("ce_source") == "anonymizer")
+        #expect(output.key == Array("inq-P-1".utf8))
+
+        let vault = try codec("key-vault").verifier.verify(output.value, topic: output.topic)
+        #expect(vault.payload("encrypted-id") == Array("1-P".utf8))
+        #expect(vault.payload("access-info") == nil, "the vault cannot open the merger's part")
+        let merger = EnvelopeVerifier(identity: try keys.identity("merger"), directory: try keys.directoryStore())
+        let forwarded = try merger.verify(output.value, topic: output.topic)
+        #expect(forwarded.payload("access-info") == Array("channel=app".utf8), "the merger opens it end to end")
+
+        let dead = try await read(try kafka.consumer(group: "dlq", topic: "veil.inquiries.received.v1.dlq"), count: 1)
+        #expect(dead.first?.headerString("veil_dlq_code")?.hasPrefix("envelope.") == true)
+        #expect(dead.first?.value == tampered.value)
+        // The replay was dropped as a duplicate: no second output, no dead letter.
+        #expect((try? await read(try kafka.consumer(group: "vault2", topic: "veil.inquiries.anonymized.v1"), count: 2, seconds: 3)) == nil)
+        let exposition = String(decoding: metrics.render(), as: UTF8.self)
+        #expect(exposition.contains(#"veil_duplicates_dropped_total{topic="veil.inquiries.received.v1"} 1"#))
+        await producer.close()
+    }
+
+    @Test("a directory published on veil.keys.directory.v1 is installed; one with a bad signature is refused")
+    func directoryFollower() async throws {
+        let kafka = try Kafka()
+        try kafka.cluster.createTopic("veil.keys.directory.v1", partitions: 1)
+        let store = try keys.directoryStore()
+        #expect(store.serial == 1)
+        _ = try keys.rotate("matcher")
+        let next = try SignedKeyDirectory(serialized: Array(Data(contentsOf: keys.url.appendingPathComponent(KeyFolder.directoryFile))))
+        var forged = next.serialized()
+        forged[forged.count - 5] ^= 0x01
+
+        let follower = try KeyDirectoryFollower(kafka: kafka.configuration, service: .merger, directory: store, logger: quietLogger)
+        let running = Task { try await follower.run() }
+        defer { running.cancel() }
+        let producer = try kafka.producer()
+        try await producer.send(OutgoingMessage(topic: "veil.keys.directory.v1", key: Array("directory".utf8), value: forged))
+        try await Task.sleep(for: .seconds(2))
+        #expect(store.serial == 1, "a forged directory is refused")
+        try await producer.send(OutgoingMessage(topic: "veil.keys.directory.v1", key: Array("directory".utf8), value: next.serialized()))
+        for _ in 0..<100 where store.serial == 1 { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(store.serial > 1)
+        await producer.close()
+    }
+}
