@@ -17,6 +17,7 @@ build: deps
 test: build
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(STACK) $(SWIFT) test --skip-build $(BUILD_FLAGS)
+	python3 Deploy/checks/check_deploy.py
 
 ## Starts the stack and the seven services, runs the main flow end to end, shows what happened.
 demo: build

@@ -62,6 +62,10 @@ double veil_baseline_consume(const char *brokers, const char *topic, const char 
     rd_kafka_conf_set(conf, "group.id", group, err, sizeof err);
     rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err);
     rd_kafka_conf_set(conf, "enable.partition.eof", "false", err, sizeof err);
+    // The same fetch-affecting settings as VeilKafka's consumer defaults, so the
+    // comparison measures the layer, not a configuration choice.
+    rd_kafka_conf_set(conf, "isolation.level", "read_committed", err, sizeof err);
+    rd_kafka_conf_set(conf, "fetch.error.backoff.ms", "50", err, sizeof err);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (!rk) { fprintf(stderr, "baseline: %s\n", err); return -1; }
     rd_kafka_poll_set_consumer(rk);

@@ -21,7 +21,7 @@ struct KafkaBenchmark: AsyncParsableCommand {
     @Option(help: "Payload bytes per message.")
     var size: Int = 256
     @Option(help: "Rounds; the best of each side is reported.")
-    var rounds: Int = 2
+    var rounds: Int = 3
 
     func run() async throws {
         var embedded: EmbeddedKafkaCluster?

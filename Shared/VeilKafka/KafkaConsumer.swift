@@ -300,7 +300,9 @@ public struct KafkaMessages: AsyncSequence, Sendable {
 }
 
 extension KafkaMessage {
-    /// Copies a message out of librdkafka's buffers.
+    /// Copies a message out of librdkafka's buffers. (Lending the fetch buffer instead
+    /// was tried: a message kept past `close()` then pins the client, and
+    /// `rd_kafka_destroy` waits for it forever.)
     init(copying raw: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) {
         let m = raw.pointee
         let value = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? []
