@@ -66,7 +66,8 @@ public struct ServiceRuntime: Sendable {
         let keys = KeyFolder(url: URL(fileURLWithPath: configuration.keysDirectory))
         let codec: EnvelopeCodec
         do {
-            codec = EnvelopeCodec(identity: try keys.identity(service.rawValue), directory: try keys.directoryStore())
+            codec = EnvelopeCodec(identity: try keys.identity(service.rawValue), directory: try keys.directoryStore(),
+                                  configuration: EnvelopeConfiguration(environment: ProcessInfo.processInfo.environment))
         } catch {
             throw ConfigurationError(variable: "VEIL_KEYS_DIR", reason: "cannot load keys: \(error.description)")
         }
