@@ -66,6 +66,9 @@ double veil_baseline_consume(const char *brokers, const char *topic, const char 
     // comparison measures the layer, not a configuration choice.
     rd_kafka_conf_set(conf, "isolation.level", "read_committed", err, sizeof err);
     rd_kafka_conf_set(conf, "fetch.error.backoff.ms", "50", err, sizeof err);
+    rd_kafka_conf_set(conf, "session.timeout.ms", "10000", err, sizeof err);
+    rd_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", err, sizeof err);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (!rk) { fprintf(stderr, "baseline: %s\n", err); return -1; }
     rd_kafka_poll_set_consumer(rk);
@@ -86,6 +89,7 @@ double veil_baseline_consume(const char *brokers, const char *topic, const char 
             if (received == 0) start = now_seconds();  // time from the first message, as Veil's side
             received++;
             bytes += m->len;
+            rd_kafka_offset_store(m->rkt, m->partition, m->offset);  // processed-only commits, as Veil
         }
         rd_kafka_message_destroy(m);
     }

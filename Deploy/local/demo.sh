@@ -74,6 +74,17 @@ echo "==> matcher metrics"
 curl -s "http://127.0.0.1:$((base_port + 3))/metrics" | grep -E '^veil_(messages|dead_letters|errors)' || true
 
 echo
+echo "==> rotating the matcher's keys and publishing the new signed key directory on veil.keys.directory.v1"
+"$bin/veilctl" keys rotate --dir "$state/keys" --party matcher
+"$bin/veilctl" keys publish --dir "$state/keys"
+for _ in $(seq 1 40); do
+  installed=0
+  for s in "${services[@]}"; do grep -q '"key directory installed"' "$logs/$s.log" && installed=$((installed + 1)); done
+  [ "$installed" -eq ${#services[@]} ] && break; sleep 0.5
+done
+echo "  $installed of ${#services[@]} services installed the new directory"
+
+echo
 echo "==> graceful shutdown (SIGTERM)"
 stop_all
 trap - EXIT

@@ -4,11 +4,11 @@ import VeilEnvelope
 
 /// `veilctl keys`: creates and maintains a key folder (private keys, the
 /// directory key and the signed key directory). See docs/ENVELOPE.md.
-struct KeysCommand: ParsableCommand {
+struct KeysCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys",
         abstract: "Create development keys and maintain the signed key directory.",
-        subcommands: [Init.self, Rotate.self, Retire.self, SignDirectory.self, Show.self])
+        subcommands: [Init.self, Rotate.self, Retire.self, SignDirectory.self, Show.self, Publish.self])
 
     /// `veilctl keys init --out DIR`: a complete development key set.
     struct Init: ParsableCommand {
