@@ -69,6 +69,7 @@ double veil_baseline_consume(const char *brokers, const char *topic, const char 
     rd_kafka_conf_set(conf, "session.timeout.ms", "10000", err, sizeof err);
     rd_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", err, sizeof err);
     rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", err, sizeof err);
+    rd_kafka_conf_set(conf, "queued.min.messages", "10000000", err, sizeof err);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (!rk) { fprintf(stderr, "baseline: %s\n", err); return -1; }
     rd_kafka_poll_set_consumer(rk);

@@ -59,6 +59,7 @@ public final class KafkaConsumer: Sendable {
         var batch: [KafkaMessage] = []
         batch.reserveCapacity(maxBatch)
         var topicNames: [OpaquePointer: String] = [:]  // one String per topic, not per message
+        var lastTopic: (handle: OpaquePointer?, name: String) = (nil, "")
         var raws = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: maxBatch)
         guard let queue = rd_kafka_queue_get_consumer(handle.pointer) else { return }
         defer { rd_kafka_queue_destroy(queue) }
@@ -86,11 +87,17 @@ public final class KafkaConsumer: Sendable {
                     continue
                 }
                 let topic: String
-                if let rkt = m.rkt, let known = topicNames[rkt] {
+                if let rkt = m.rkt, rkt == lastTopic.handle {
+                    topic = lastTopic.name
+                } else if let rkt = m.rkt, let known = topicNames[rkt] {
                     topic = known
+                    lastTopic = (rkt, known)
                 } else {
                     topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
-                    if let rkt = m.rkt { topicNames[rkt] = topic }
+                    if let rkt = m.rkt {
+                        topicNames[rkt] = topic
+                        lastTopic = (rkt, topic)
+                    }
                 }
                 batch.append(KafkaMessage(copying: raw, topic: topic))
             }
@@ -126,12 +133,19 @@ public final class KafkaConsumer: Sendable {
     /// Marks a whole batch processed, storing the highest offset per partition.
     @discardableResult
     public func markProcessed(_ batch: [KafkaMessage]) -> Bool {
-        var highest: [TopicPartition: Int64] = [:]
+        // Batches hold few partitions, usually in runs: a linear scan over them beats
+        // hashing a topic string per message.
+        var highest: [(String, Int32, Int64)] = []
         for message in batch {
-            let key = message.topicPartition
-            highest[key] = max(highest[key] ?? -1, message.offset + 1)
+            if let last = highest.indices.last, highest[last].1 == message.partition, highest[last].0 == message.topic {
+                highest[last].2 = max(highest[last].2, message.offset + 1)
+            } else if let i = highest.firstIndex(where: { $0.1 == message.partition && $0.0 == message.topic }) {
+                highest[i].2 = max(highest[i].2, message.offset + 1)
+            } else {
+                highest.append((message.topic, message.partition, message.offset + 1))
+            }
         }
-        return store(highest.map { ($0.key.topic, $0.key.partition, $0.value) })
+        return store(highest)
     }
 
     private func store(_ offsets: [(String, Int32, Int64)]) -> Bool {

@@ -52,7 +52,7 @@ public final class KafkaProducer: Service, Sendable {
     /// Sends one message and waits for the broker's acknowledgement.
     @discardableResult
     public func send(_ message: OutgoingMessage) async throws(KafkaError) -> DeliveryReport {
-        let ticket = DeliveryTicket()
+        let ticket = DeliveryTicket(wantsReport: true)
         try await enqueue(message, topic: try topicHandle(message.topic), ticket: ticket)
         let outcome = await ticket.wait()
         if let error = outcome.firstError { throw error }
@@ -90,18 +90,19 @@ public final class KafkaProducer: Service, Sendable {
     }
 
     /// Tries to hand one message to librdkafka. Returns `false` when its queue is full.
-    func offer(_ message: OutgoingMessage, topic: RDKafkaTopic, ticket: DeliveryTicket) throws(KafkaError) -> Bool {
+    /// `reserved`: the caller already counted this message on the ticket.
+    func offer(_ message: OutgoingMessage, topic: RDKafkaTopic, ticket: DeliveryTicket, reserved: Bool = false) throws(KafkaError) -> Bool {
         guard !context.stopping.load(ordering: .relaxed) else { throw .closed() }
-        ticket.expectOne()
+        if !reserved { ticket.expectOne() }
         let err = produce(message, topic: topic, ticket: ticket)
         switch err {
         case RD_KAFKA_RESP_ERR_NO_ERROR:
             return true
         case RD_KAFKA_RESP_ERR__QUEUE_FULL:
-            ticket.cancelOne()
+            if !reserved { ticket.cancelOne() }
             return false
         default:
-            ticket.cancelOne()
+            if !reserved { ticket.cancelOne() }
             throw KafkaError(rdkafka: err)
         }
     }
@@ -232,6 +233,8 @@ struct BatchSend {
     let ticket = DeliveryTicket()
     var topic: (name: String, handle: RDKafkaTopic)?
     var total = 0
+    /// Counts reserved on the ticket and not yet used by a sent message.
+    var reserved = 0
 
     @usableFromInline
     init(producer: KafkaProducer) { self.producer = producer }
@@ -239,7 +242,12 @@ struct BatchSend {
     @usableFromInline
     mutating func offer(_ message: OutgoingMessage) throws(KafkaError) -> Bool {
         if topic?.name != message.topic { topic = (message.topic, try producer.topicHandle(message.topic)) }
-        guard try producer.offer(message, topic: topic!.handle, ticket: ticket) else { return false }
+        if reserved == 0 {
+            ticket.reserve(1024)
+            reserved = 1024
+        }
+        guard try producer.offer(message, topic: topic!.handle, ticket: ticket, reserved: true) else { return false }
+        reserved -= 1
         total += 1
         return true
     }
@@ -251,10 +259,14 @@ struct BatchSend {
 
     /// Messages already handed over still report to this ticket: wait for them.
     @usableFromInline
-    func abandon() async { _ = await ticket.wait() }
+    func abandon() async {
+        ticket.unreserve(reserved)
+        _ = await ticket.wait()
+    }
 
     @usableFromInline
     func finish() async throws(KafkaError) {
+        ticket.unreserve(reserved)
         let outcome = await ticket.wait()
         if let error = outcome.firstError {
             throw .delivery(failed: outcome.failures, of: total, first: error)
@@ -300,19 +312,30 @@ final class DeliveryTicket: Sendable {
         var lastReport: DeliveryReport?
     }
     private let pending = Atomic<Int>(1)
+    /// Single sends want the partition and offset back; batches only the outcome.
+    let wantsReport: Bool
     private let lastPartition = Atomic<Int32>(-1)
     private let lastOffset = Atomic<Int64>(-1)
     private let lastTopic = Atomic<UInt>(0)
     private let state = Mutex<(outcome: Outcome, continuation: CheckedContinuation<Outcome, Never>?)>((Outcome(), nil))
 
+    init(wantsReport: Bool = false) { self.wantsReport = wantsReport }
+
     func expectOne() { pending.add(1, ordering: .relaxed) }
     func cancelOne() { pending.subtract(1, ordering: .relaxed) }
+    /// Reserves counts for messages about to be sent, so the sender touches the shared
+    /// counter once per chunk instead of once per message (the poll thread decrements
+    /// it per report). The guard count keeps it above zero meanwhile.
+    func reserve(_ count: Int) { pending.add(count, ordering: .relaxed) }
+    func unreserve(_ count: Int) { if count > 0 { pending.subtract(count, ordering: .relaxed) } }
 
     /// Called on the poll thread for each delivered message.
     func delivered(partition: Int32, offset: Int64, topic: OpaquePointer?) {
-        lastPartition.store(partition, ordering: .relaxed)
-        lastOffset.store(offset, ordering: .relaxed)
-        lastTopic.store(UInt(bitPattern: topic.map { Int(bitPattern: UnsafeRawPointer($0)) } ?? 0), ordering: .relaxed)
+        if wantsReport {
+            lastPartition.store(partition, ordering: .relaxed)
+            lastOffset.store(offset, ordering: .relaxed)
+            lastTopic.store(UInt(bitPattern: topic.map { Int(bitPattern: UnsafeRawPointer($0)) } ?? 0), ordering: .relaxed)
+        }
         release()
     }
 
