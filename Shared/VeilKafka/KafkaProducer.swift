@@ -177,6 +177,18 @@ public final class KafkaProducer: Service, Sendable {
         return result
     }
 
+    /// Whether a broker answers a metadata request on this client's existing
+    /// connections (for readiness probes: no new client per probe).
+    public func isConnected(timeout: Duration = .seconds(2)) async -> Bool {
+        let handle = self.handle
+        return (try? await blocking.run { () throws(KafkaError) -> Bool in
+            var metadata: UnsafePointer<rd_kafka_metadata>?
+            let err = rd_kafka_metadata(handle.pointer, 0, nil, &metadata, Int32(timeout.milliseconds))
+            if let metadata { rd_kafka_metadata_destroy(metadata) }
+            return err == RD_KAFKA_RESP_ERR_NO_ERROR
+        }) ?? false
+    }
+
     // MARK: Flushing and closing
 
     /// Messages handed to librdkafka and not yet acknowledged.

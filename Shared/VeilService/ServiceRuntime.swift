@@ -78,13 +78,12 @@ public struct ServiceRuntime: Sendable {
         let follower = try KeyDirectoryFollower(kafka: configuration.kafka, service: service,
                                                 directory: codec.directory, logger: logger)
         let started = StartupState()
-        let admin = KafkaAdmin(configuration: configuration.kafka, logger: logger)
         let pipeline = Pipeline(runtime: self, context: context, started: started)
         let adminServer = AdminServer(
             host: configuration.adminHost, port: configuration.adminPort,
             checks: [
                 ReadinessCheck("postgres") { await database.isReachable() },
-                ReadinessCheck("kafka") { (try? await admin.existingTopics(timeout: .seconds(2))) != nil },
+                ReadinessCheck("kafka") { await producer.isConnected() },
                 ReadinessCheck("migrations") { started.isDone },
             ],
             metrics: metrics, logger: logger, onRunning: onAdminRunning)

@@ -103,12 +103,10 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
     /// Handles one batch and stores its offsets once its outputs are acknowledged.
     public func process(_ batch: [KafkaMessage]) async throws {
         var outputs: [OutgoingMessage] = []
-        var timings: [(String, ContinuousClock.Instant)] = []
         let started = ContinuousClock.now
         let prepared = await handler.prepare(batch)
         for (message, input) in zip(batch, prepared) {
             metrics.messageIn(topic: message.topic)
-            timings.append((message.topic, started))
             switch input {
             case .success(let input):
                 outputs += await handleWithRetries(input, message: message)
@@ -123,7 +121,7 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
         for output in outputs { metrics.messageOut(topic: output.topic) }
         consumer.markProcessed(batch)
         let now = ContinuousClock.now
-        for (topic, started) in timings { metrics.processing(now - started, topic: topic) }
+        for message in batch { metrics.processing(now - started, topic: message.topic) }
     }
 
     private func handleWithRetries(_ input: Handler.Input, message: KafkaMessage) async -> [OutgoingMessage] {
@@ -136,10 +134,10 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
                 return [deadLetter(message, code: error.code, reason: error.reason, attempts: attempt)]
             } catch {
                 let (code, reason) = Self.describe(error)
-                metrics.error(code: code)
                 if attempt >= maxAttempts {
-                    return [deadLetter(message, code: code, reason: reason, attempts: attempt)]
+                    return [deadLetter(message, code: code, reason: reason, attempts: attempt)]  // counts the error
                 }
+                metrics.error(code: code)
                 logger.warning("handler failed; retrying", metadata: [
                     "stage": "\(name)", "message.id": "\(message.headerString("ce_id") ?? "-")",
                     "error.code": "\(code)", "attempt": "\(attempt)"])
