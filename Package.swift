@@ -4,15 +4,20 @@ import PackageDescription
 /// Veil: privacy-preserving customer inquiries. Seven services that talk only
 /// through Kafka topics carrying signed, encrypted envelopes and persist to
 /// PostgreSQL. See README.md and docs/ARCHITECTURE.md.
-let services: [(target: String, folder: String)] = [
-    ("ingress", "Ingress"),
-    ("anonymizer", "Anonymizer"),
-    ("key-vault", "KeyVault"),
-    ("matcher", "Matcher"),
-    ("merger", "Merger"),
-    ("dispatcher", "Dispatcher"),
-    ("technician-alerter", "TechnicianAlerter"),
+///
+/// Each service lives in `Services/<Folder>/`: its domain code is a library
+/// (`<Folder>Service`, importable by tests and tools) and `App/main.swift` is the
+/// executable that wires it into the runtime.
+let services: [(target: String, folder: String, library: Bool)] = [
+    ("ingress", "Ingress", true),
+    ("anonymizer", "Anonymizer", true),
+    ("key-vault", "KeyVault", true),
+    ("matcher", "Matcher", true),
+    ("merger", "Merger", true),
+    ("dispatcher", "Dispatcher", false),
+    ("technician-alerter", "TechnicianAlerter", false),
 ]
+let serviceLibraries = services.filter(\.library).map { "\($0.folder)Service" }
 
 let log = Target.Dependency.product(name: "Logging", package: "swift-log")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
@@ -29,6 +34,7 @@ let package = Package(
         .library(name: "VeilStore", targets: ["VeilStore"]),
         .library(name: "VeilService", targets: ["VeilService"]),
         .library(name: "VeilEnvelope", targets: ["VeilEnvelope"]),
+        .library(name: "VeilClient", targets: ["VeilClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
@@ -55,19 +61,32 @@ let package = Package(
             .product(name: "PostgresNIO", package: "postgres-nio"),
         ], path: "Shared/VeilStore"),
         .target(name: "VeilContracts", dependencies: [], path: "Shared/VeilContracts"),
+        // What devices, terminals and downstream providers import: no server dependency.
+        .target(name: "VeilClient", dependencies: ["VeilCore", "VeilEnvelope", "VeilContracts",
+                                                   .product(name: "Crypto", package: "swift-crypto")],
+                path: "Shared/VeilClient"),
         .target(name: "VeilService", dependencies: [
             "VeilCore", "VeilKafka", "VeilStore", "VeilContracts", "VeilEnvelope", log, lifecycle,
+            .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
         ], path: "Shared/VeilService"),
-    ] + services.map {
-        .executableTarget(name: $0.target, dependencies: ["VeilService"], path: "Services/\($0.folder)")
+    ] + services.filter(\.library).map {
+        .target(name: "\($0.folder)Service", dependencies: [
+            "VeilService", "VeilClient", log, lifecycle,
+            .product(name: "Hummingbird", package: "hummingbird"), .product(name: "PostgresNIO", package: "postgres-nio"),
+        ], path: "Services/\($0.folder)",
+                exclude: ["App"])
+    } + services.map {
+        .executableTarget(name: $0.target, dependencies: ["VeilService"] + ($0.library ? [.init(stringLiteral: "\($0.folder)Service")] : []),
+                          path: "Services/\($0.folder)/App")
     } + [
         // MARK: Tools
         .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", "VeilContracts", argumentParser],
                           path: "Tools/veil-dev-broker"),
-        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", argumentParser], path: "Tools/veilctl"),
+        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", "VeilClient", "KeyVaultService", argumentParser],
+                          path: "Tools/veilctl"),
 
         // MARK: Benchmarks
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
@@ -82,6 +101,9 @@ let package = Package(
         .testTarget(name: "VeilKafkaTests", dependencies: ["VeilKafka"], path: "Tests/VeilKafkaTests"),
         .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore", "VeilKafka"], path: "Tests/VeilStoreTests"),
         .testTarget(name: "VeilServiceTests", dependencies: ["VeilService", "VeilEnvelope"], path: "Tests/VeilServiceTests"),
+        .testTarget(name: "VeilPipelineTests", dependencies: [
+            "VeilService", "VeilEnvelope", "VeilClient", .product(name: "Crypto", package: "swift-crypto"),
+        ] + serviceLibraries.map { .init(stringLiteral: $0) }, path: "Tests/VeilPipelineTests"),
     ],
     swiftLanguageModes: [.v6]
 )

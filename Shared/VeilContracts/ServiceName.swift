@@ -29,6 +29,13 @@ public enum ServiceName: String, Sendable, CaseIterable, Codable {
         }
     }
 
+    /// Topics every replica reads in full with a consumer group of its own (not shared
+    /// with the other replicas): the key directory, and key grants where it receives them.
+    public var follows: [Topic] { [.keysDirectory] + consumes.filter { $0 == .keysGrants } }
+
+    /// The topics its stage consumes, shared among its replicas.
+    public var stageTopics: [Topic] { consumes.filter { !follows.contains($0) } }
+
     /// The topics it writes.
     public var produces: [Topic] {
         switch self {

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import VeilCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -60,7 +61,51 @@ public struct KeyFolder: Sendable {
         }
         let directory = KeyDirectory(serial: 1, issuedAt: now, keys: keys, allowlist: allowlist)
         try folder.writeDirectory(.sign(directory, with: directoryKey, keyVersion: 1))
+        for (party, name) in developmentSecrets {
+            try folder.writeSecret(Data(VersionedKey.generate(version: 1).rawBytes).base64EncodedString(),
+                                   party: party, file: "\(name).v1.secret")
+        }
         return folder
+    }
+
+    /// Symmetric secrets of a development key set: the first provider's pseudonym keys
+    /// (`kP.id`, `kP.dev`, held by ingress and the upstream exporter) and the key-vault's
+    /// master key (which encrypts the vault's keys at rest).
+    public static let developmentSecrets: [(party: String, name: String)] = [
+        (providerParty, pseudonymIDKey), (providerParty, pseudonymDeviceKey), ("key-vault", "master"),
+    ]
+    /// The first provider's folder of pseudonym keys.
+    public static let providerParty = "provider"
+    /// `kP.id`: `P = HMAC(kP.id, userId)`.
+    public static let pseudonymIDKey = "pseudonym-id"
+    /// `kP.dev`: `anonymizedDeviceId = HMAC(kP.dev, deviceId)`.
+    public static let pseudonymDeviceKey = "pseudonym-device"
+
+    /// Every version of a symmetric secret, `<party>/<name>.v<N>.secret` (base64 of 32 bytes).
+    public func secret(party: String, name: String) throws(KeyError) -> KeyRing {
+        let folder = url.appendingPathComponent(party, isDirectory: true)
+        let prefix = name + ".v", suffix = ".secret"
+        var keys: [VersionedKey] = []
+        for file in (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+        where file.hasPrefix(prefix) && file.hasSuffix(suffix) {
+            let path = folder.appendingPathComponent(file).path
+            guard let version = UInt32(file.dropFirst(prefix.count).dropLast(suffix.count)), version > 0,
+                  let data = FileManager.default.contents(atPath: path),
+                  let raw = KeyFileName.decode(String(decoding: data, as: UTF8.self)),
+                  let key = VersionedKey(version: version, raw: raw) else { throw KeyError.malformed.at(path) }
+            keys.append(key)
+        }
+        guard !keys.isEmpty else { throw KeyError.missing.at(folder.appendingPathComponent(prefix + "N" + suffix).path) }
+        return KeyRing(keys)
+    }
+
+    /// Adds version N+1 of a symmetric secret and returns it (used for new data at once).
+    @discardableResult
+    public func rotateSecret(party: String, name: String) throws(KeyError) -> UInt32 {
+        let version = ((try? secret(party: party, name: name))?.versions.keys.max() ?? 0) + 1
+        try writeSecret(Data(VersionedKey.generate(version: version).rawBytes).base64EncodedString(),
+                        party: party, file: "\(name).v\(version).secret")
+        return version
     }
 
     /// Loads a party's identity from its folder.

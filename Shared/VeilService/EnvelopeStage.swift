@@ -41,6 +41,20 @@ public struct EnvelopeCodec: Sendable {
     }
 }
 
+extension EnvelopeCodec {
+    /// `verify(_:)` with envelope errors as stage errors: a replayed id is a duplicate
+    /// (dropped), anything else is permanent (dead-lettered with the envelope error code).
+    public func verifyForStage(_ batch: [KafkaMessage]) async -> [Result<VerifiedEnvelope, StageError>] {
+        await verify(batch).map { result in
+            result.mapError { error in
+                error == .replayed
+                    ? StageError.duplicate(error.code, "message id already accepted")
+                    : StageError.permanent(error.code, "envelope rejected")
+            }
+        }
+    }
+}
+
 /// A stage step on verified envelopes: what a service's domain code implements.
 public protocol EnvelopeHandler: Sendable {
     /// Handles one verified envelope (its parts for this service opened) and returns
@@ -63,13 +77,7 @@ public struct EnvelopeStage<Handler: EnvelopeHandler>: MessageHandler {
     }
 
     public func prepare(_ batch: [KafkaMessage]) async -> [Result<VerifiedEnvelope, StageError>] {
-        await codec.verify(batch).map { result in
-            result.mapError { error in
-                error == .replayed
-                    ? StageError.duplicate(error.code, "message id already accepted")
-                    : StageError.permanent(error.code, "envelope rejected")
-            }
-        }
+        await codec.verifyForStage(batch)
     }
 
     public func handle(_ input: VerifiedEnvelope, message: KafkaMessage) async throws -> [OutgoingMessage] {

@@ -27,6 +27,11 @@ public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
     public let variable: String
     public let reason: String
     public var description: String { "configuration error: \(variable) \(reason)" }
+
+    public init(variable: String, reason: String) {
+        self.variable = variable
+        self.reason = reason
+    }
 }
 
 /// Everything a Veil service needs to start, read from the environment and validated.
@@ -45,6 +50,31 @@ public struct ServiceConfiguration: Sendable {
     public var createTopics: Bool
     /// Where the service's keys and the signed key directory are mounted.
     public var keysDirectory: String
+    /// The environment it was read from, for the service-specific settings below.
+    public var environment: [String: String] = [:]
+
+    /// A service-specific setting: its value, or its default from `variables`.
+    public func setting(_ name: String) -> String? {
+        let v = environment[name] ?? Self.variables.first { $0.name == name }?.defaultValue
+        return v?.isEmpty == true ? nil : v
+    }
+
+    /// An integer setting within `range`.
+    public func integer(_ name: String, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let n = setting(name).flatMap({ Int($0) }), range.contains(n) else {
+            throw ConfigurationError(variable: name, reason: "must be an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return n
+    }
+
+    /// A boolean setting.
+    public func boolean(_ name: String) throws(ConfigurationError) -> Bool {
+        switch setting(name)?.lowercased() {
+        case "true", "1", "yes": return true
+        case "false", "0", "no": return false
+        default: throw ConfigurationError(variable: name, reason: "must be true or false")
+        }
+    }
 
     /// The variables every service reads.
     public static let variables: [ConfigurationVariable] = [
@@ -66,6 +96,24 @@ public struct ServiceConfiguration: Sendable {
         ConfigurationVariable("VEIL_ENVELOPE_MAX_STRING_BYTES", default: "64", "Longest type, producer or key id"),
         ConfigurationVariable("VEIL_ENVELOPE_MAX_CLOCK_SKEW_SECONDS", default: "300",
                               "Allowed distance between an envelope's created-at and its Kafka timestamp"),
+        // Service-specific settings.
+        ConfigurationVariable("VEIL_HTTP_PORT", default: "8080", "ingress: port of the device API (/v1/...)"),
+        ConfigurationVariable("VEIL_INGRESS_MAX_BODY_BYTES", default: "65536", "ingress: largest request body accepted"),
+        ConfigurationVariable("VEIL_INGRESS_CLOCK_SKEW_SECONDS", default: "300",
+                              "ingress: allowed distance between a device request's timestamp and now"),
+        ConfigurationVariable("VEIL_INGRESS_REGION", "ingress: the region it serves, passed to the merger in the access info"),
+        ConfigurationVariable("VEIL_ENROLLMENT_TOKEN", secret: true,
+                              "ingress: if set, POST /v1/devices requires it in the Veil-Enrollment-Token header"),
+        ConfigurationVariable("VEIL_VAULT_MASTER_KEY_FILE",
+                              "key-vault: the master key file (base64 of 32 bytes); default <VEIL_KEYS_DIR>/key-vault/master.v1.secret"),
+        ConfigurationVariable("VEIL_VAULT_KEY_REFRESH_SECONDS", default: "2",
+                              "key-vault: how often replicas re-read key versions (rotations by another process)"),
+        ConfigurationVariable("VEIL_RECORDS_SCHEMA", default: "key_vault",
+                              "matcher: the schema holding the filed records (read-only grant on two tables)"),
+        ConfigurationVariable("VEIL_MERGER_PROVIDERS", default: "provider-demo",
+                              "merger: downstream providers the insights are sealed to (comma-separated key-directory parties)"),
+        ConfigurationVariable("VEIL_MERGER_PUBLISH", default: "true", "merger: publish insights on veil.insights.v1"),
+        ConfigurationVariable("VEIL_MERGER_SAVE", default: "true", "merger: save insights in its schema for future inquiries"),
         ConfigurationVariable("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext or sasl_ssl"),
         ConfigurationVariable("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
         ConfigurationVariable("KAFKA_SASL_USERNAME", "SASL user (one principal per service)"),
@@ -142,7 +190,8 @@ public struct ServiceConfiguration: Sendable {
             topicReplication: Int32(try integer("VEIL_TOPIC_REPLICATION", in: 1...10)),
             maxAttempts: try integer("VEIL_MAX_ATTEMPTS", in: 1...100),
             createTopics: try boolean("VEIL_CREATE_TOPICS"),
-            keysDirectory: try required("VEIL_KEYS_DIR"))
+            keysDirectory: try required("VEIL_KEYS_DIR"),
+            environment: environment)
     }
 }
 

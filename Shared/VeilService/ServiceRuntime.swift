@@ -17,6 +17,8 @@ public struct ServiceContext: Sendable {
     public let codec: EnvelopeCodec
     public let metrics: ServiceMetrics
     public let logger: Logger
+    /// Keys the key-vault granted to this service (empty unless it follows `veil.keys.grants.v1`).
+    public let grants: GrantedKeys
 }
 
 /// How one of the seven executables is put together. Each `main.swift` names its
@@ -26,13 +28,22 @@ public struct ServiceContext: Sendable {
 public struct ServiceRuntime: Sendable {
     public var service: ServiceName
     public var migrations: [Migration]
-    public var makeHandler: @Sendable (ServiceContext) throws -> any MessageHandler
+    /// Builds what the service runs once topics exist and migrations ran: its stage
+    /// handler, and services that run beside the stage (ingress's HTTP API, the
+    /// key-vault's grant publisher), which stop before the stage on shutdown.
+    public var build: @Sendable (ServiceContext) async throws -> ServiceParts
 
     public init(service: ServiceName, migrations: [Migration] = [],
-                makeHandler: @escaping @Sendable (ServiceContext) throws -> any MessageHandler) {
+                build: @escaping @Sendable (ServiceContext) async throws -> ServiceParts) {
         self.service = service
         self.migrations = migrations
-        self.makeHandler = makeHandler
+        self.build = build
+    }
+
+    /// A service whose only work is its stage handler.
+    public init(service: ServiceName, migrations: [Migration] = [],
+                makeHandler: @escaping @Sendable (ServiceContext) async throws -> any MessageHandler) {
+        self.init(service: service, migrations: migrations) { context in ServiceParts(handler: try await makeHandler(context)) }
     }
 
     /// Runs the service until SIGTERM or SIGINT; exits non-zero on a configuration error.
@@ -73,10 +84,17 @@ public struct ServiceRuntime: Sendable {
         }
         let database = try Database(configuration: configuration.database, schema: service.schema, logger: logger)
         let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: configuration.kafka), logger: logger)
+        let grants = GrantedKeys()
         let context = ServiceContext(configuration: configuration, database: database, producer: producer,
-                                     codec: codec, metrics: metrics, logger: logger)
-        let follower = try KeyDirectoryFollower(kafka: configuration.kafka, service: service,
-                                                directory: codec.directory, logger: logger)
+                                     codec: codec, metrics: metrics, logger: logger, grants: grants)
+        var followers: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: try KeyDirectoryFollower.make(kafka: configuration.kafka, service: service,
+                                                         directory: codec.directory, logger: logger)),
+        ]
+        if service.follows.contains(.keysGrants) {
+            followers.append(.init(service: try GrantedKeys.follower(kafka: configuration.kafka, service: service,
+                                                                    codec: codec, grants: grants, logger: logger)))
+        }
         let started = StartupState()
         let pipeline = Pipeline(runtime: self, context: context, started: started)
         let adminServer = AdminServer(
@@ -91,7 +109,7 @@ public struct ServiceRuntime: Sendable {
             services: [
                 .init(service: database),
                 .init(service: producer),
-                .init(service: follower),
+            ] + followers + [
                 .init(service: pipeline),
                 .init(service: adminServer),
             ],
@@ -106,11 +124,22 @@ public struct ServiceRuntime: Sendable {
 
     /// The topics a service touches, with the dead-letter topics of those it reads.
     func topics(_ configuration: ServiceConfiguration) -> [TopicSpecification] {
-        let topics = Set(service.consumes + service.produces + service.consumes.map(\.deadLetter))
+        let topics = Set(service.consumes + service.follows + service.produces + service.stageTopics.map(\.deadLetter))
         return topics.sorted { $0.name < $1.name }.map {
             TopicSpecification(name: $0.name, partitions: configuration.topicPartitions,
                                replicationFactor: configuration.topicReplication, config: $0.config)
         }
+    }
+}
+
+/// What a service runs: its stage handler and any services beside it.
+public struct ServiceParts: Sendable {
+    public var handler: any MessageHandler
+    public var services: [any Service]
+
+    public init(handler: any MessageHandler, services: [any Service] = []) {
+        self.handler = handler
+        self.services = services
     }
 }
 
@@ -135,18 +164,34 @@ struct Pipeline: Service {
             }
         }
         try await retrying("migrate", logger: logger) { try await context.database.migrate(runtime.migrations) }
-        try await runStage(try runtime.makeHandler(context))
+        let parts = try await runtime.build(context)
+        let services = parts.services
+        let handler = parts.handler
+        if services.isEmpty {
+            try await runStage(handler)
+            return
+        }
+        // The side services run as a child group: on shutdown they stop first (no new
+        // requests), then the stage finishes its batch.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let sideGroup = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: services.map { .init(service: $0) }, logger: logger))
+            group.addTask { try await sideGroup.run() }
+            group.addTask { try await runStage(handler) }
+            try await group.next()
+            try await group.next()
+        }
     }
 
     private func runStage<Handler: MessageHandler>(_ handler: Handler) async throws {
         let configuration = context.configuration, logger = context.logger
         var consumerConfiguration = ConsumerConfiguration(kafka: configuration.kafka, groupID: runtime.service.consumerGroup,
-                                                          topics: runtime.service.consumes.map(\.name))
+                                                          topics: runtime.service.stageTopics.map(\.name))
         consumerConfiguration.maxBatchSize = 256
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         started.markDone()
         logger.info("service ready", metadata: ["group": "\(runtime.service.consumerGroup)",
-                                                "topics": "\(runtime.service.consumes.map(\.name))"])
+                                                "topics": "\(runtime.service.stageTopics.map(\.name))"])
         let stage = StageRunner(name: runtime.service.rawValue, consumer: consumer, producer: context.producer,
                                 handler: handler, metrics: context.metrics, maxAttempts: configuration.maxAttempts,
                                 logger: logger)

@@ -49,7 +49,7 @@ public final class Database: Service, Sendable {
     /// A schema-qualified table name for SQL built with `unsafeSQL`.
     public func table(_ name: String) -> String { "\(schema).\(name)" }
 
-    static func isIdentifier(_ text: String) -> Bool {
+    public static func isIdentifier(_ text: String) -> Bool {
         guard let first = text.unicodeScalars.first, first == "_" || ("a"..."z").contains(first) else { return false }
         return text.count <= 63 && text.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
     }

@@ -92,7 +92,7 @@ struct EnvelopeOverKafkaTests {
         var forged = next.serialized()
         forged[forged.count - 5] ^= 0x01
 
-        let follower = try KeyDirectoryFollower(kafka: kafka.configuration, service: .merger, directory: store, logger: quietLogger)
+        let follower = try KeyDirectoryFollower.make(kafka: kafka.configuration, service: .merger, directory: store, logger: quietLogger)
         let running = Task { try await follower.run() }
         defer { running.cancel() }
         let producer = try kafka.producer()

@@ -1,0 +1,322 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+import VeilClient
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// The first provider's front door. It is the only service that sees raw user and
+/// device ids, and it drops them at once: a device id becomes
+/// `anonymizedDeviceId = HMAC(kP.dev, deviceId)`, a user id becomes
+/// `P = HMAC(kP.id, userId)`, sealed to the anonymizer.
+public enum Ingress {
+    public static let migrations: [Migration] = [
+        Migration("001_ingress_devices", sql: """
+            CREATE TABLE {schema}.devices (
+                device_ref     bytea PRIMARY KEY,        -- HMAC(kP.dev, deviceId), never the id
+                key_version    integer NOT NULL,
+                signing_key    bytea NOT NULL,
+                encryption_key bytea NOT NULL,
+                enrolled_at    timestamptz NOT NULL DEFAULT now(),
+                revoked_at     timestamptz
+            );
+            CREATE TABLE {schema}.request_nonces (
+                device_ref bytea NOT NULL,
+                nonce      bytea NOT NULL,
+                seen_at    timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (device_ref, nonce)
+            );
+            CREATE INDEX request_nonces_seen_at ON {schema}.request_nonces (seen_at);
+            CREATE TABLE {schema}.inquiries (
+                id          uuid PRIMARY KEY,
+                device_ref  bytea NOT NULL,
+                status      text NOT NULL,
+                accepted_at timestamptz NOT NULL DEFAULT now()
+            );
+            """),
+    ]
+
+    /// The HTTP API as a service of the ingress process.
+    public static func api(_ context: ServiceContext) throws -> IngressAPI {
+        try IngressAPI(context: context, settings: IngressSettings(context.configuration))
+    }
+}
+
+/// Ingress settings, validated at start-up.
+public struct IngressSettings: Sendable {
+    public var port: Int
+    public var maxBodyBytes: Int
+    public var clockSkew: Duration
+    public var region: String?
+    public var enrollmentToken: String?
+    public var pseudonymID: KeyRing
+    public var pseudonymDevice: KeyRing
+
+    public init(_ configuration: ServiceConfiguration) throws {
+        port = try configuration.integer("VEIL_HTTP_PORT", in: 0...65535)
+        maxBodyBytes = try configuration.integer("VEIL_INGRESS_MAX_BODY_BYTES", in: 256...10_000_000)
+        clockSkew = .seconds(try configuration.integer("VEIL_INGRESS_CLOCK_SKEW_SECONDS", in: 1...86_400))
+        region = configuration.setting("VEIL_INGRESS_REGION")
+        enrollmentToken = configuration.setting("VEIL_ENROLLMENT_TOKEN")
+        let keys = KeyFolder(url: URL(fileURLWithPath: configuration.keysDirectory))
+        do {
+            pseudonymID = try keys.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymIDKey)
+            pseudonymDevice = try keys.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymDeviceKey)
+        } catch {
+            throw ConfigurationError(variable: "VEIL_KEYS_DIR", reason: "cannot load the provider pseudonym keys: \(error.description)")
+        }
+    }
+}
+
+/// `POST /v1/devices`, `POST /v1/inquiries`, `GET /v1/inquiries/{id}` (docs/openapi.yaml).
+public struct IngressAPI: Service {
+    let context: ServiceContext
+    let settings: IngressSettings
+    let onRunning: @Sendable (Int) async -> Void
+
+    public init(context: ServiceContext, settings: IngressSettings, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+        self.context = context
+        self.settings = settings
+        self.onRunning = onRunning
+    }
+
+    public func run() async throws {
+        let router = Router()
+        let handler = RequestHandler(context: context, settings: settings)
+        router.post("/v1/devices") { request, _ in await handler.respond { try await handler.enroll(request) } }
+        router.post("/v1/inquiries") { request, _ in await handler.respond { try await handler.inquire(request) } }
+        router.get("/v1/inquiries/{id}") { _, routeContext in
+            await handler.respond { try await handler.status(routeContext.parameters.get("id") ?? "") }
+        }
+        let onRunning = self.onRunning
+        let app = Application(router: router,
+                              configuration: .init(address: .hostname(context.configuration.adminHost, port: settings.port),
+                                                   serverName: "veil-ingress"),
+                              onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+                              logger: context.logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await app.run() }
+            group.addTask { await handler.pruneNoncesPeriodically() }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+struct RequestHandler: Sendable {
+    let context: ServiceContext
+    let settings: IngressSettings
+    static let signatureHeader = HTTPField.Name(DeviceRequestSignature.header)!
+    static let enrollmentHeader = HTTPField.Name("Veil-Enrollment-Token")!
+
+    func respond(_ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch let problem as Problem {
+            context.metrics.error(code: "ingress.\(problem.code)")
+            context.logger.info("request refused", metadata: ["problem": "\(problem.code)"])
+            return problem.response
+        } catch {
+            context.metrics.error(code: "ingress.internal")
+            context.logger.error("request failed", metadata: ["error": "\(safeDescription(error))"])
+            return Problem(status: .internalServerError, code: "internal", detail: "internal error").response
+        }
+    }
+
+    // MARK: Requests
+
+    func enroll(_ request: Request) async throws -> Response {
+        if let token = settings.enrollmentToken {
+            guard let given = request.headers[Self.enrollmentHeader], Self.constantTimeEqual(given, token) else {
+                throw Problem.enrollmentRefused
+            }
+        }
+        let (body, enrollment) = try await decode(DeviceEnrollment.self, from: request)
+        guard let signingRaw = Data(base64Encoded: enrollment.signingKey),
+              let signingKey = try? Curve25519.Signing.PublicKey(rawRepresentation: signingRaw) else {
+            throw Problem.invalidField("signingKey", "is not a base64 raw Ed25519 public key")
+        }
+        guard let encryptionRaw = Data(base64Encoded: enrollment.encryptionKey),
+              (try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: encryptionRaw)) != nil else {
+            throw Problem.invalidField("encryptionKey", "is not a base64 raw X25519 public key")
+        }
+        try validate(id: enrollment.deviceId, field: "deviceId")
+        try verify(request, body: body, with: signingKey, path: "/v1/devices")
+        try checkFreshness(enrollment.timestamp)
+        guard let deviceKey = settings.pseudonymDevice.current else { throw Problem.unavailable }
+        let ref = ByteBuffer(bytes: deviceKey.hash(Array(enrollment.deviceId.utf8)))
+        let signing = ByteBuffer(bytes: signingRaw), encryption = ByteBuffer(bytes: encryptionRaw)
+        let version = Int32(deviceKey.version)
+        let rows = try await context.database.client.query("""
+            INSERT INTO \(unescaped: context.database.table("devices")) (device_ref, key_version, signing_key, encryption_key)
+            VALUES (\(ref), \(version), \(signing), \(encryption))
+            ON CONFLICT (device_ref) DO UPDATE SET device_ref = EXCLUDED.device_ref
+            RETURNING signing_key
+            """, logger: context.logger).collect()
+        guard let stored = try rows.first?.decode(ByteBuffer.self), stored == signing else { throw Problem.alreadyEnrolled }
+        context.logger.info("device enrolled")
+        return Response(status: .created, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(string: #"{"status":"enrolled"}"#)))
+    }
+
+    func inquire(_ request: Request) async throws -> Response {
+        let (body, inquiry) = try await decode(InquiryRequest.self, from: request)
+        try validate(id: inquiry.deviceId, field: "deviceId")
+        try validate(id: inquiry.userId, field: "userId")
+        try validate(token: inquiry.channel, field: "channel", max: 32)
+        try validate(token: inquiry.appVersion, field: "appVersion", max: 32)
+        let appData = inquiry.appData ?? [:]
+        guard appData.count <= 32, appData.allSatisfy({ $0.key.utf8.count <= 64 && $0.value.utf8.count <= 256 }) else {
+            throw Problem.invalidField("appData", "must have at most 32 entries of short strings")
+        }
+        guard let nonce = Data(base64Encoded: inquiry.nonce), (16...64).contains(nonce.count) else {
+            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
+        }
+        guard let deviceKey = settings.pseudonymDevice.current, let idKey = settings.pseudonymID.current else {
+            throw Problem.unavailable
+        }
+        // The raw ids are used for these two keyed hashes and then go out of scope.
+        let deviceRef = deviceKey.hash(Array(inquiry.deviceId.utf8))
+        let device = try await enrolledSigningKey(deviceRef)
+        try verify(request, body: body, with: device, path: "/v1/inquiries")
+        try checkFreshness(inquiry.timestamp)
+        let pseudonym = idKey.hash(Array(inquiry.userId.utf8))
+
+        let id = MessageID.generate()
+        let uuid = id.uuid
+        let refBuffer = ByteBuffer(bytes: deviceRef), nonceBuffer = ByteBuffer(bytes: nonce)
+        // The nonce and the inquiry's status row in one statement: a replay inserts nothing.
+        let inserted = try await context.database.client.query("""
+            WITH fresh AS (
+                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
+                VALUES (\(refBuffer), \(nonceBuffer)) ON CONFLICT DO NOTHING RETURNING device_ref)
+            INSERT INTO \(unescaped: context.database.table("inquiries")) (id, device_ref, status)
+            SELECT \(uuid), device_ref, 'accepted' FROM fresh RETURNING accepted_at
+            """, logger: context.logger).collect()
+        guard let acceptedAt = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
+
+        let access = AccessInfo(anonymizedDeviceId: Data(deviceRef), deviceKeyVersion: deviceKey.version,
+                                channel: inquiry.channel, receivedAt: acceptedAt, appVersion: inquiry.appVersion,
+                                region: settings.region, appData: appData)
+        let draft = EnvelopeDraft(id: id, type: MessageType.inquiryReceived, parts: [
+            .sealed(PartLabel.pseudonym, payload: ContractCoding.encode(PseudonymPayload(pseudonym: Data(pseudonym), keyVersion: idKey.version)),
+                    to: [ServiceName.anonymizer.rawValue]),
+            .sealed(PartLabel.accessInfo, payload: ContractCoding.encode(access), to: [ServiceName.merger.rawValue]),
+        ])
+        do {
+            let message = try context.codec.message(draft, topic: Topic.inquiriesReceived.name, key: Array(id.description.utf8))
+            _ = try await context.producer.send(message)
+            context.metrics.messageOut(topic: Topic.inquiriesReceived.name)
+        } catch {
+            context.logger.error("inquiry not published", metadata: ["inquiry.id": "\(id)", "error": "\(safeDescription(error))"])
+            _ = try? await context.database.client.query(
+                "DELETE FROM \(unescaped: context.database.table("inquiries")) WHERE id = \(uuid)", logger: context.logger)
+            throw Problem.unavailable
+        }
+        let status = InquiryStatus(id: id.description, status: "accepted", acceptedAt: acceptedAt)
+        return Response(status: .accepted, headers: [.contentType: "application/json", .location: "/v1/inquiries/\(id)"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(status))))
+    }
+
+    func status(_ id: String) async throws -> Response {
+        guard let uuid = UUID(uuidString: id) else { throw Problem.notFound }
+        let rows = try await context.database.client.query("""
+            SELECT status, accepted_at FROM \(unescaped: context.database.table("inquiries")) WHERE id = \(uuid)
+            """, logger: context.logger).collect()
+        guard let row = rows.first else { throw Problem.notFound }
+        let (status, acceptedAt) = try row.decode((String, Date).self)
+        return Response(status: .ok, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(
+                            InquiryStatus(id: uuid.uuidString.lowercased(), status: status, acceptedAt: acceptedAt)))))
+    }
+
+    // MARK: Checks
+
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        guard x.count == y.count else { return false }
+        var difference: UInt8 = 0
+        for i in x.indices { difference |= x[i] ^ y[i] }
+        return difference == 0
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> ([UInt8], T) {
+        if let contentType = request.headers[.contentType], !contentType.lowercased().hasPrefix("application/json") {
+            throw Problem.unsupportedMediaType
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: settings.maxBodyBytes)
+        } catch {
+            throw Problem.bodyTooLarge
+        }
+        let bytes = Array(buffer.readableBytesView)
+        do {
+            return (bytes, try JSONDecoder().decode(type, from: Data(bytes)))
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw Problem.missingField(key.stringValue)
+        } catch DecodingError.valueNotFound(_, let context) {
+            throw Problem.missingField(context.codingPath.map(\.stringValue).joined(separator: "."))
+        } catch DecodingError.typeMismatch(_, let context) {
+            throw Problem.invalidField(context.codingPath.map(\.stringValue).joined(separator: "."), "has the wrong type")
+        } catch {
+            throw Problem.malformedJSON()
+        }
+    }
+
+    func validate(id: String, field: String) throws {
+        guard !id.isEmpty, id.utf8.count <= 128, !id.contains(where: { $0.isNewline }) else {
+            throw Problem.invalidField(field, "must be 1 to 128 characters")
+        }
+    }
+
+    func validate(token: String, field: String, max: Int) throws {
+        guard !token.isEmpty, token.utf8.count <= max,
+              token.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || "0123456789.-_+".unicodeScalars.contains($0)) })
+        else { throw Problem.invalidField(field, "must be 1 to \(max) letters, digits or .-_+") }
+    }
+
+    func verify(_ request: Request, body: [UInt8], with key: Curve25519.Signing.PublicKey, path: String) throws {
+        guard let signature = request.headers[Self.signatureHeader],
+              DeviceRequestSignature.isValid(signature: signature, publicKey: key, method: "POST", path: path, body: body)
+        else { throw Problem.badSignature }
+    }
+
+    func checkFreshness(_ timestamp: Int64) throws {
+        let now = DeviceRequestSignature.milliseconds(Date())
+        let skew = settings.clockSkew.components.seconds * 1000
+        guard abs(now - timestamp) <= skew else { throw Problem.staleRequest }
+    }
+
+    func enrolledSigningKey(_ deviceRef: [UInt8]) async throws -> Curve25519.Signing.PublicKey {
+        let ref = ByteBuffer(bytes: deviceRef)
+        let rows = try await context.database.client.query("""
+            SELECT signing_key FROM \(unescaped: context.database.table("devices")) WHERE device_ref = \(ref) AND revoked_at IS NULL
+            """, logger: context.logger).collect()
+        guard let raw = try rows.first?.decode(ByteBuffer.self),
+              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(raw.readableBytesView)) else {
+            throw Problem.unknownDevice
+        }
+        return key
+    }
+
+    /// Nonces only matter while their timestamp is fresh; older ones are deleted.
+    func pruneNoncesPeriodically() async {
+        let keep = settings.clockSkew.components.seconds * 2
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(60))
+            _ = try? await context.database.client.query("""
+                DELETE FROM \(unescaped: context.database.table("request_nonces")) WHERE seen_at < now() - make_interval(secs => \(Double(keep)))
+                """, logger: context.logger)
+        }
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// The independent third party's custody and its two stages:
+/// - real time: opens `encryptedId` (A), derives `matchToken = HMAC(k2, A)` for the matcher;
+/// - upstream filing: hashes each record's `P` to `A`, files
+///   `(token, key versions, encryptedA, encrypted record)` in bulk, idempotently.
+public enum KeyVault {
+    public static var migrations: [Migration] { VaultKeyStore.migrations }
+
+    /// The handler and the grant publisher, sharing one key store.
+    public static func parts(_ context: ServiceContext) async throws -> ServiceParts {
+        let store = VaultKeyStore(database: context.database, master: try VaultKeyStore.masterKey(context.configuration),
+                                  logger: context.logger)
+        try await store.bootstrap()
+        let refresh = Duration.seconds(try context.configuration.integer("VEIL_VAULT_KEY_REFRESH_SECONDS", in: 1...3600))
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: KeyVaultHandler(store: store, database: context.database,
+                                                                                                 logger: context.logger)),
+                            services: [GrantPublisher(store: store, context: context, refresh: refresh)])
+    }
+}
+
+/// Dispatches the vault's topics to their step.
+public struct KeyVaultHandler: EnvelopeHandler {
+    let store: VaultKeyStore
+    let filing: RecordFiling
+
+    public init(store: VaultKeyStore, database: Database, logger: Logger) {
+        self.store = store
+        filing = RecordFiling(database: database, logger: logger)
+    }
+
+    public static let stage = "key-vault"
+
+    public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        switch (message.topic, envelope.header.type) {
+        case (Topic.inquiriesAnonymized.name, MessageType.inquiryAnonymized):
+            return [try tokenize(envelope, message: message, codec: codec)]
+        case (Topic.upstreamRecords.name, MessageType.upstreamRecordsExported):
+            guard let payload = envelope.payload(PartLabel.records),
+                  let batch = try? ContractCoding.decode(UpstreamBatch.self, from: payload) else {
+                throw StageError.permanent("vault.bad_payload", "not a batch of upstream records")
+            }
+            try await filing.file(batch.records, keys: store.keys)
+            return []
+        default:
+            throw StageError.permanent("vault.unsupported", "the key-vault does not handle \(envelope.header.type) on \(message.topic) yet")
+        }
+    }
+
+    func tokenize(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) throws -> OutgoingMessage {
+        guard let opened = envelope.payload(PartLabel.encryptedID),
+              let id = try? ContractCoding.decode(EncryptedIDPayload.self, from: opened), id.doublyHashedId.count == 32,
+              let access = envelope.part(PartLabel.accessInfo) else {
+            throw StageError.permanent("vault.bad_payload", "not an anonymized inquiry")
+        }
+        guard let k2 = store.keys.current(.match) else { throw StageError.transient("vault.no_key", "no active match key") }
+        let token = MatchTokenPayload(token: Data(k2.hash(id.doublyHashedId)), matchKeyVersion: k2.version)
+        let draft = EnvelopeDraft(id: .derived(from: envelope.header.id, stage: Self.stage), type: MessageType.inquiryTokenized,
+                                  parts: [
+                                      .sealed(PartLabel.matchToken, payload: ContractCoding.encode(token), to: [ServiceName.matcher.rawValue]),
+                                      .forwarded(access),
+                                  ])
+        return try codec.message(draft, topic: Topic.inquiriesTokenized.name, key: message.key)
+    }
+}
+
+/// Files upstream records: two multi-row statements per batch (`unnest` of arrays),
+/// upserting by the customer reference so re-filing the same record changes nothing.
+struct RecordFiling: Sendable {
+    let database: Database
+    let logger: Logger
+
+    struct Row {
+        var ref: [UInt8]
+        var encryptedA: [UInt8]
+        var record: EncryptedRecord
+        var fingerprint: [UInt8]
+        var tokens: [(token: [UInt8], version: UInt32)]
+    }
+
+    static func customerRef(_ a: some DataProtocol, archive: VersionedKey) -> [UInt8] { archive.derived("veil.customer-ref.v1").hash(a) }
+
+    static func row(_ record: UpstreamRecord, kT: VersionedKey, archive: VersionedKey, recordKey: VersionedKey,
+                    matchKeys: [VersionedKey]) throws -> Row {
+        let a = kT.hash(record.pseudonym)
+        let ref = customerRef(a, archive: archive)
+        let fields = ContractCoding.encode(record.fields)
+        return Row(ref: ref, encryptedA: try archive.seal(a, aad: ref),
+                   record: try RecordCipher.seal(record.fields, with: recordKey),
+                   fingerprint: archive.derived("veil.record-fingerprint.v1").hash(fields),
+                   tokens: matchKeys.map { ($0.hash(a), $0.version) })
+    }
+
+    func file(_ records: [UpstreamRecord], keys: VaultKeySet) async throws {
+        guard let kT = keys.current(.thirdPartyHash), let archive = keys.current(.archive), let recordKey = keys.current(.record),
+              keys.current(.match) != nil else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
+        let matchKeys = keys.usable(.match)
+        var rows: [[UInt8]: Row] = [:]
+        for record in records where record.pseudonym.count == 32 {
+            let row = try Self.row(record, kT: kT, archive: archive, recordKey: recordKey, matchKeys: matchKeys)
+            rows[row.ref] = row  // the last copy of a customer in a batch wins
+        }
+        guard !rows.isEmpty else { return }
+        let list = Array(rows.values)
+        let refs = list.map { ByteBuffer(bytes: $0.ref) }
+        let encryptedA = list.map { ByteBuffer(bytes: $0.encryptedA) }
+        let recordVersions = list.map { Int32($0.record.recordKeyVersion) }
+        let wrapped = list.map { ByteBuffer(bytes: $0.record.wrappedDataKey) }
+        let ciphertexts = list.map { ByteBuffer(bytes: $0.record.ciphertext) }
+        let fingerprints = list.map { ByteBuffer(bytes: $0.fingerprint) }
+        let tokenRows = list.flatMap { row in row.tokens.map { (ByteBuffer(bytes: $0.token), Int32($0.version), ByteBuffer(bytes: row.ref)) } }
+        let records = database.table("filed_records"), tokens = database.table("match_tokens")
+        try await database.transaction { connection in
+            try await connection.query("""
+                INSERT INTO \(unescaped: records) (customer_ref, archive_key_version, third_party_key_version, encrypted_a,
+                    record_key_version, wrapped_data_key, record_ciphertext, fingerprint)
+                SELECT r, \(Int32(archive.version)), \(Int32(kT.version)), a, v, w, c, f
+                FROM unnest(\(refs)::bytea[], \(encryptedA)::bytea[], \(recordVersions)::int4[], \(wrapped)::bytea[],
+                            \(ciphertexts)::bytea[], \(fingerprints)::bytea[]) AS t(r, a, v, w, c, f)
+                ON CONFLICT (customer_ref) DO UPDATE SET
+                    archive_key_version = EXCLUDED.archive_key_version, third_party_key_version = EXCLUDED.third_party_key_version,
+                    encrypted_a = EXCLUDED.encrypted_a, record_key_version = EXCLUDED.record_key_version,
+                    wrapped_data_key = EXCLUDED.wrapped_data_key, record_ciphertext = EXCLUDED.record_ciphertext,
+                    fingerprint = EXCLUDED.fingerprint, filed_at = now()
+                WHERE \(unescaped: records).fingerprint <> EXCLUDED.fingerprint
+                """, logger: logger)
+            try await connection.query("""
+                INSERT INTO \(unescaped: tokens) (token, match_key_version, customer_ref)
+                SELECT * FROM unnest(\(tokenRows.map(\.0))::bytea[], \(tokenRows.map(\.1))::int4[], \(tokenRows.map(\.2))::bytea[])
+                ON CONFLICT (token) DO NOTHING
+                """, logger: logger)
+        }
+        logger.debug("records filed", metadata: ["count": "\(list.count)"])
+    }
+}
+
+/// Grants `kT` to the anonymizer and the record key to the merger, each sealed to the
+/// service's own key, on `veil.keys.grants.v1`: at start-up and whenever the key
+/// versions change (a rotation). Also re-reads the key table every `refresh`.
+struct GrantPublisher: Service {
+    let store: VaultKeyStore
+    let context: ServiceContext
+    let refresh: Duration
+
+    func run() async throws {
+        try await publish()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: refresh)
+                do {
+                    if try await store.reload() {
+                        context.logger.notice("vault key versions changed; granting again")
+                        try await publish()
+                    }
+                } catch {
+                    context.logger.error("vault key refresh failed", metadata: ["error": "\(safeDescription(error))"])
+                }
+            }
+        }
+    }
+
+    func publish() async throws {
+        let keys = store.keys
+        let grants: [(ServiceName, KeyGrant.Purpose, VaultKeyPurpose)] = [
+            (.anonymizer, .thirdPartyHash, .thirdPartyHash), (.merger, .record, .record),
+        ]
+        var messages: [OutgoingMessage] = []
+        for (recipient, purpose, vaultPurpose) in grants {
+            let current = keys.current(vaultPurpose)?.version
+            let grant = KeyGrant(purpose: purpose, keys: keys.usable(vaultPurpose).map {
+                KeyGrant.Key(version: $0.version, material: Data($0.rawBytes), active: $0.version == current)
+            })
+            let draft = EnvelopeDraft(type: MessageType.keyGranted, parts: [
+                .sealed(PartLabel.grant, payload: ContractCoding.encode(grant), to: [recipient.rawValue]),
+            ])
+            messages.append(try context.codec.message(draft, topic: Topic.keysGrants.name, key: Array(recipient.rawValue.utf8)))
+        }
+        try await context.producer.send(batch: messages)
+        context.logger.notice("key grants published", metadata: ["recipients": "anonymizer, merger"])
+    }
+}

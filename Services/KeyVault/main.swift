@@ -1,5 +1,0 @@
-import VeilService
-
-// The keyVault service. Its domain step plugs in as the handler; until then it joins its
-// consumer group, serves /health and /metrics, verifies envelopes and dead-letters what it cannot handle.
-await ServiceRuntime(service: .keyVault) { context in EnvelopeStage(codec: context.codec, handler: UnsupportedEnvelopeHandler()) }.main()

@@ -1,0 +1,116 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// The answering server's lookup: a batch of match tokens against the filed records,
+/// one indexed query per consumed batch. It reads tokens and still-encrypted records
+/// (a read-only grant on two of the vault's tables, nothing else) and holds no key
+/// that opens a record or recovers an id.
+public struct MatcherHandler: MessageHandler {
+    public struct Input: Sendable {
+        let envelope: VerifiedEnvelope
+        let token: MatchTokenPayload
+        let access: SealedPart
+        let lookup: Lookup
+    }
+
+    enum Lookup: Sendable {
+        case found(EncryptedRecord)
+        case missing
+        /// The batch query failed: `handle` looks the token up alone (and is retried).
+        case notLookedUp
+    }
+
+    let codec: EnvelopeCodec
+    let database: Database
+    let recordsSchema: String
+    let logger: Logger
+
+    public init(codec: EnvelopeCodec, database: Database, recordsSchema: String, logger: Logger) {
+        self.codec = codec
+        self.database = database
+        self.recordsSchema = recordsSchema
+        self.logger = logger
+    }
+
+    public static func make(_ context: ServiceContext) throws -> MatcherHandler {
+        let schema = context.configuration.setting("VEIL_RECORDS_SCHEMA") ?? ServiceName.keyVault.schema
+        guard Database.isIdentifier(schema) else {
+            throw ConfigurationError(variable: "VEIL_RECORDS_SCHEMA", reason: "must match [a-z_][a-z0-9_]*")
+        }
+        return MatcherHandler(codec: context.codec, database: context.database, recordsSchema: schema, logger: context.logger)
+    }
+
+    public static let stage = "matcher"
+
+    public func prepare(_ batch: [KafkaMessage]) async -> [Result<Input, StageError>] {
+        let verified = await codec.verifyForStage(batch)
+        var decoded: [Result<(VerifiedEnvelope, MatchTokenPayload, SealedPart), StageError>] = []
+        decoded.reserveCapacity(batch.count)
+        for result in verified {
+            decoded.append(result.flatMap { envelope in
+                guard envelope.header.type == MessageType.inquiryTokenized,
+                      let opened = envelope.payload(PartLabel.matchToken),
+                      let token = try? ContractCoding.decode(MatchTokenPayload.self, from: opened), token.token.count == 32,
+                      let access = envelope.part(PartLabel.accessInfo) else {
+                    return .failure(.permanent("matcher.bad_payload", "not a tokenized inquiry"))
+                }
+                return .success((envelope, token, access))
+            })
+        }
+        let tokens = decoded.compactMap { try? $0.get().1.token }
+        let found: [Data: EncryptedRecord]?
+        do {
+            found = try await lookup(tokens)
+        } catch {
+            logger.warning("batch lookup failed; looking up one by one", metadata: ["error": "\(safeDescription(error))"])
+            found = nil
+        }
+        return decoded.map { result in
+            result.map { envelope, token, access in
+                Input(envelope: envelope, token: token, access: access, lookup: found.map { $0[token.token].map(Lookup.found) ?? .missing } ?? .notLookedUp)
+            }
+        }
+    }
+
+    public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
+        let record: EncryptedRecord?
+        switch input.lookup {
+        case .found(let found): record = found
+        case .missing: record = nil
+        case .notLookedUp: record = try await lookup([input.token.token])[input.token.token]
+        }
+        let match = MatchPayload(token: input.token.token, matchKeyVersion: input.token.matchKeyVersion, record: record)
+        let draft = EnvelopeDraft(id: .derived(from: input.envelope.header.id, stage: Self.stage), type: MessageType.inquiryMatched,
+                                  parts: [
+                                      .sealed(PartLabel.match, payload: ContractCoding.encode(match), to: [ServiceName.merger.rawValue]),
+                                      .forwarded(input.access),
+                                  ])
+        return [try codec.message(draft, topic: Topic.inquiriesMatched.name, key: message.key)]
+    }
+
+    /// One indexed query for all tokens of a batch.
+    func lookup(_ tokens: [Data]) async throws -> [Data: EncryptedRecord] {
+        guard !tokens.isEmpty else { return [:] }
+        let buffers = tokens.map { ByteBuffer(bytes: $0) }
+        let rows = try await database.client.query("""
+            SELECT t.token, r.record_key_version, r.wrapped_data_key, r.record_ciphertext
+            FROM \(unescaped: recordsSchema).match_tokens t JOIN \(unescaped: recordsSchema).filed_records r USING (customer_ref)
+            WHERE t.token = ANY(\(buffers)::bytea[])
+            """, logger: logger)
+        var found: [Data: EncryptedRecord] = [:]
+        for try await (token, version, wrapped, ciphertext) in rows.decode((ByteBuffer, Int32, ByteBuffer, ByteBuffer).self) {
+            found[Data(token.readableBytesView)] = EncryptedRecord(recordKeyVersion: UInt32(version),
+                                                                  wrappedDataKey: Data(wrapped.readableBytesView),
+                                                                  ciphertext: Data(ciphertext.readableBytesView))
+        }
+        return found
+    }
+}

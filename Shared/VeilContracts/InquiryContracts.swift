@@ -1,0 +1,239 @@
+import Foundation
+
+/// Envelope types of Veil's messages (`veil.<noun>.<verb>.v1`), as the key directory's allowlist names them.
+public enum MessageType {
+    public static let inquiryReceived = "veil.inquiry.received.v1"
+    public static let inquiryAnonymized = "veil.inquiry.anonymized.v1"
+    public static let inquiryTokenized = "veil.inquiry.tokenized.v1"
+    public static let inquiryMatched = "veil.inquiry.matched.v1"
+    public static let insightPublished = "veil.insight.published.v1"
+    public static let upstreamRecordsExported = "veil.upstream-record.exported.v1"
+    public static let keyGranted = "veil.key.granted.v1"
+}
+
+/// Labels of the sealed parts of the inquiry flow, and who can open each.
+public enum PartLabel {
+    /// `P = HMAC(kP.id, userId)`: ingress → anonymizer.
+    public static let pseudonym = "pseudonym"
+    /// Channel, time, app version, region, app data and `anonymizedDeviceId`: ingress → merger,
+    /// forwarded unchanged by every stage in between.
+    public static let accessInfo = "access-info"
+    /// `encryptedId`, the doubly hashed id `A` sealed to the key-vault: anonymizer → key-vault.
+    public static let encryptedID = "encrypted-id"
+    /// `matchToken = HMAC(k2, A)`: key-vault → matcher.
+    public static let matchToken = "match-token"
+    /// The match result with the still-encrypted record: matcher → merger.
+    public static let match = "match"
+    /// The merged result: merger → downstream providers.
+    public static let insight = "insight"
+    /// A batch of pseudonymized customer records: upstream exporter → key-vault.
+    public static let records = "records"
+    /// Key material granted by the key-vault to one service.
+    public static let grant = "grant"
+}
+
+/// JSON coding of every decrypted payload: bytes as base64, dates as milliseconds
+/// since 1970, keys sorted. The JSON Schemas in docs/asyncapi.yaml describe these.
+public enum ContractCoding {
+    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .millisecondsSince1970
+        encoder.dataEncodingStrategy = .base64
+        // Only plain values are encoded; this cannot fail.
+        return (try? Array(encoder.encode(value))) ?? []
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        decoder.dataDecodingStrategy = .base64
+        return try decoder.decode(type, from: Data(bytes))
+    }
+}
+
+/// Part `pseudonym`: the provider pseudonym `P` of the user id.
+public struct PseudonymPayload: Codable, Sendable, Equatable {
+    /// `HMAC-SHA256(kP.id, userId)`, 32 bytes.
+    public var pseudonym: Data
+    /// The version of `kP.id` used.
+    public var keyVersion: UInt32
+
+    public init(pseudonym: Data, keyVersion: UInt32) {
+        self.pseudonym = pseudonym
+        self.keyVersion = keyVersion
+    }
+}
+
+/// Part `access-info`: how and when the user reached the business. Only the merger opens it.
+public struct AccessInfo: Codable, Sendable, Equatable {
+    /// `HMAC-SHA256(kP.dev, deviceId)`, 32 bytes.
+    public var anonymizedDeviceId: Data
+    /// The version of `kP.dev` used.
+    public var deviceKeyVersion: UInt32
+    /// `app`, `chat`, `web`, `pos`, ...
+    public var channel: String
+    /// When ingress accepted the inquiry.
+    public var receivedAt: Date
+    public var appVersion: String
+    /// The region ingress serves (its configuration), if set.
+    public var region: String?
+    /// Free-form app data the device sent (string values only).
+    public var appData: [String: String]
+
+    public init(anonymizedDeviceId: Data, deviceKeyVersion: UInt32, channel: String, receivedAt: Date,
+                appVersion: String, region: String?, appData: [String: String]) {
+        self.anonymizedDeviceId = anonymizedDeviceId
+        self.deviceKeyVersion = deviceKeyVersion
+        self.channel = channel
+        self.receivedAt = receivedAt
+        self.appVersion = appVersion
+        self.region = region
+        self.appData = appData
+    }
+}
+
+/// Part `encrypted-id`: the doubly hashed id `A = HMAC(kT, P)`, sealed to the key-vault.
+public struct EncryptedIDPayload: Codable, Sendable, Equatable {
+    public var doublyHashedId: Data
+    /// The version of `kT` used.
+    public var thirdPartyKeyVersion: UInt32
+
+    public init(doublyHashedId: Data, thirdPartyKeyVersion: UInt32) {
+        self.doublyHashedId = doublyHashedId
+        self.thirdPartyKeyVersion = thirdPartyKeyVersion
+    }
+}
+
+/// Part `match-token`: `HMAC(k2, A)`, sealed to the matcher.
+public struct MatchTokenPayload: Codable, Sendable, Equatable {
+    public var token: Data
+    /// The version of `k2` used; the matcher looks the token up among that version's tokens.
+    public var matchKeyVersion: UInt32
+
+    public init(token: Data, matchKeyVersion: UInt32) {
+        self.token = token
+        self.matchKeyVersion = matchKeyVersion
+    }
+}
+
+/// A filed customer record as the key-vault stored it: the record's JSON encrypted
+/// under a random data key, which is wrapped by the record key (a key-encryption key).
+public struct EncryptedRecord: Codable, Sendable, Equatable {
+    public var recordKeyVersion: UInt32
+    /// ChaCha20-Poly1305 combined box (nonce ‖ ciphertext ‖ tag) of the 32-byte data key.
+    public var wrappedDataKey: Data
+    /// ChaCha20-Poly1305 combined box of the record's JSON under the data key.
+    public var ciphertext: Data
+
+    public init(recordKeyVersion: UInt32, wrappedDataKey: Data, ciphertext: Data) {
+        self.recordKeyVersion = recordKeyVersion
+        self.wrappedDataKey = wrappedDataKey
+        self.ciphertext = ciphertext
+    }
+}
+
+/// Part `match`: the matcher's answer, sealed to the merger.
+public struct MatchPayload: Codable, Sendable, Equatable {
+    public var token: Data
+    public var matchKeyVersion: UInt32
+    /// The filed record, or nil when no record carries this token.
+    public var record: EncryptedRecord?
+
+    public init(token: Data, matchKeyVersion: UInt32, record: EncryptedRecord?) {
+        self.token = token
+        self.matchKeyVersion = matchKeyVersion
+        self.record = record
+    }
+}
+
+/// Part `insight` on `veil.insights.v1`: what a downstream provider receives.
+public struct Insight: Codable, Sendable, Equatable {
+    /// The inquiry id ingress returned to the device (also the Kafka key).
+    public var inquiryId: String
+    /// Whether a filed customer record matched.
+    public var matched: Bool
+    /// The match token (a keyed pseudonym, stable per customer until `k2` rotates).
+    public var matchToken: Data
+    public var matchKeyVersion: UInt32
+    /// `HMAC(kP.dev, deviceId)`.
+    public var anonymizedDeviceId: Data
+    public var channel: String
+    public var receivedAt: Date
+    public var appVersion: String
+    public var region: String?
+    public var appData: [String: String]
+    /// The record's fields that the provider's export policy allowed; nil when unmatched.
+    public var record: [String: String]?
+    public var mergedAt: Date
+
+    public init(inquiryId: String, matched: Bool, matchToken: Data, matchKeyVersion: UInt32, access: AccessInfo,
+                record: [String: String]?, mergedAt: Date) {
+        self.inquiryId = inquiryId
+        self.matched = matched
+        self.matchToken = matchToken
+        self.matchKeyVersion = matchKeyVersion
+        self.anonymizedDeviceId = access.anonymizedDeviceId
+        self.channel = access.channel
+        self.receivedAt = access.receivedAt
+        self.appVersion = access.appVersion
+        self.region = access.region
+        self.appData = access.appData
+        self.record = record
+        self.mergedAt = mergedAt
+    }
+}
+
+/// One pseudonymized customer record from the provider's file.
+public struct UpstreamRecord: Codable, Sendable, Equatable {
+    /// `P = HMAC(kP.id, customer id)`.
+    public var pseudonym: Data
+    public var keyVersion: UInt32
+    /// The columns the export policy allows.
+    public var fields: [String: String]
+
+    public init(pseudonym: Data, keyVersion: UInt32, fields: [String: String]) {
+        self.pseudonym = pseudonym
+        self.keyVersion = keyVersion
+        self.fields = fields
+    }
+}
+
+/// Part `records` on `veil.upstream.records.v1`: a batch of records, sealed to the key-vault.
+public struct UpstreamBatch: Codable, Sendable, Equatable {
+    public var records: [UpstreamRecord]
+    public init(records: [UpstreamRecord]) { self.records = records }
+}
+
+/// Part `grant` on `veil.keys.grants.v1`: key material the key-vault grants to one service.
+public struct KeyGrant: Codable, Sendable, Equatable {
+    /// What a granted key is for.
+    public enum Purpose: String, Codable, Sendable, CaseIterable {
+        /// `kT`, granted to the anonymizer.
+        case thirdPartyHash = "third-party-hash"
+        /// The record key-encryption key, granted to the merger.
+        case record
+    }
+
+    public struct Key: Codable, Sendable, Equatable {
+        public var version: UInt32
+        /// 32 bytes.
+        public var material: Data
+        /// The newest active version is used for new data; older ones only to open.
+        public var active: Bool
+
+        public init(version: UInt32, material: Data, active: Bool) {
+            self.version = version
+            self.material = material
+            self.active = active
+        }
+    }
+
+    public var purpose: Purpose
+    public var keys: [Key]
+
+    public init(purpose: Purpose, keys: [Key]) {
+        self.purpose = purpose
+        self.keys = keys
+    }
+}
