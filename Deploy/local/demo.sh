@@ -32,6 +32,7 @@ i=0
 for s in "${services[@]}"; do
   var=VEIL_DATABASE_URL_$(echo "$s" | tr 'a-z-' 'A-Z_')
   DATABASE_URL=${!var} VEIL_ADMIN_PORT=$((base_port + i)) VEIL_LOG_LEVEL=info \
+    VEIL_HTTP_PORT=${VEIL_DEMO_HTTP_PORT:-18080} VEIL_VAULT_KEY_REFRESH_SECONDS=1 \
     "$bin/$s" >"$logs/$s.log" 2>&1 &
   pids+=($!)
   i=$((i + 1))
@@ -59,6 +60,53 @@ for s in "${services[@]}"; do
   printf '%-20s %-7s %-8s %s\n' "$s" "$port" "$live" "$(curl -s "http://127.0.0.1:$port/health/ready")"
   i=$((i + 1))
 done
+
+ingress_url=http://127.0.0.1:${VEIL_DEMO_HTTP_PORT:-18080}
+customers=${VEIL_DEMO_CUSTOMERS:-10000}
+inquiries=${VEIL_DEMO_INQUIRIES:-1000}
+unknown=$((inquiries / 10))
+psql_count() { psql "$DATABASE_URL" -Atqc "$1" 2>/dev/null || echo 0; }
+
+echo
+echo "==> the provider generates $customers synthetic customers and exports them (ids hashed with kP.id, names/phones/addresses dropped)"
+"$bin/veilctl" upstream sample --count "$customers" --out "$state/customers.csv"
+head -3 "$state/customers.csv" | sed 's/^/  csv: /'
+"$bin/veilctl" upstream export "$state/customers.csv" --keys "$state/keys" | sed 's/^/  /'
+
+printf '==> the key-vault files them (token, key versions, encryptedA, encrypted record)'
+for _ in $(seq 1 120); do
+  filed=$(psql_count "SELECT count(*) FROM key_vault.filed_records")
+  [ "${filed:-0}" -ge "$customers" ] && break; printf '.'; sleep 0.5
+done
+echo " $filed filed"
+
+echo
+echo "==> a device enrolls and sends $inquiries signed inquiries ($unknown for people who are not customers)"
+"$bin/veilctl" device inquire --device "$state/device.json" --url "$ingress_url" \
+  --users-from "$state/customers.csv" --count "$inquiries" --unknown "$unknown" --concurrency 16 | sed 's/^/  /'
+
+echo
+echo "==> the downstream provider verifies and opens veil.insights.v1 with its own key"
+"$bin/veilctl" consume insights --keys "$state/keys" --provider provider-demo --count "$inquiries" --idle 30 \
+  >"$state/insights.jsonl" 2>"$state/consume.txt" || true
+head -2 "$state/insights.jsonl" | cut -c1-400 | sed 's/^/  /'
+sed 's/^/  /' "$state/consume.txt"
+matched=$(grep -c '"matched":true' "$state/insights.jsonl" || true)
+unmatched=$(grep -c '"matched":false' "$state/insights.jsonl" || true)
+dead=0
+for t in veil.inquiries.received.v1 veil.inquiries.anonymized.v1 veil.inquiries.tokenized.v1 veil.inquiries.matched.v1; do
+  n=$(kcat -C -b "$KAFKA_BROKERS" -t "$t.dlq" -o beginning -e -q -f 'x\n' 2>/dev/null | wc -l || echo 0)
+  dead=$((dead + n))
+done
+echo
+echo "  summary: sent $inquiries; matched $matched (expected $((inquiries - unknown))); unmatched $unmatched (expected $unknown); dead-lettered $dead"
+
+echo
+echo "==> the key-vault rotates k2 alone: every token is re-derived from the filed encryptedA; inquiries keep matching"
+DATABASE_URL=$VEIL_DATABASE_URL_KEY_VAULT "$bin/key-vault" rotate-match-key 2>&1 | tail -1 | sed 's/^/  /'
+"$bin/veilctl" device inquire --device "$state/device.json" --url "$ingress_url" \
+  --users-from "$state/customers.csv" --count 20 --concurrency 4 | sed -n 2p | sed 's/^/  after rotation: /'
+"$bin/veilctl" consume insights --keys "$state/keys" --count $((inquiries + 20)) --idle 15 --summary-only 2>&1 | sed 's/^/  /'
 
 echo
 echo "==> a value that is not a signed envelope goes to the dead-letter topic, with the reason"

@@ -202,7 +202,8 @@ struct RequestHandler: Sendable {
             INSERT INTO \(unescaped: context.database.table("inquiries")) (id, device_ref, status)
             SELECT \(uuid), device_ref, 'accepted' FROM fresh RETURNING accepted_at
             """, logger: context.logger).collect()
-        guard let acceptedAt = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
+        guard let stored = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
+        let acceptedAt = Date(timeIntervalSince1970: (stored.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
 
         let access = AccessInfo(anonymizedDeviceId: Data(deviceRef), deviceKeyVersion: deviceKey.version,
                                 channel: inquiry.channel, receivedAt: acceptedAt, appVersion: inquiry.appVersion,

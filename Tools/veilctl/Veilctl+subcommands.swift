@@ -1,5 +1,7 @@
 import ArgumentParser
 
 extension Veilctl {
-    static let available: [any ParsableCommand.Type] = [DatabaseCommand.self, KeysCommand.self, ConfigCommand.self]
+    static let available: [any ParsableCommand.Type] = [
+        DatabaseCommand.self, KeysCommand.self, ConfigCommand.self, UpstreamCommand.self, DeviceCommand.self, ConsumeCommand.self,
+    ]
 }

@@ -1,0 +1,59 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Talks to ingress over HTTPS for a device: enrolls it and sends signed inquiries.
+public struct IngressClient: Sendable {
+    public let baseURL: URL
+    let session: URLSession
+
+    public init(baseURL: URL, session: URLSession = .shared) {
+        self.baseURL = baseURL
+        self.session = session
+    }
+
+    /// The problem ingress answered with (`application/problem+json`), or a transport failure.
+    public struct Failure: Error, Sendable, CustomStringConvertible {
+        public let status: Int
+        /// The stable problem code, e.g. `bad_signature`, `replayed_nonce`.
+        public let code: String
+        public let detail: String
+        public var description: String { "\(status) \(code): \(detail)" }
+    }
+
+    /// Sends a signed request and returns the status and body.
+    public func send(_ request: SignedRequest, headers: [String: String] = [:]) async throws -> (status: Int, body: Data) {
+        var urlRequest = URLRequest(url: baseURL.appendingPathComponent(String(request.path.dropFirst())))
+        urlRequest.httpMethod = request.method
+        urlRequest.httpBody = Data(request.body)
+        urlRequest.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        urlRequest.setValue(request.signature, forHTTPHeaderField: DeviceRequestSignature.header)
+        for (name, value) in headers { urlRequest.setValue(value, forHTTPHeaderField: name) }
+        let (data, response) = try await session.data(for: urlRequest)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+    }
+
+    /// Enrolls the device (`201`); an already enrolled device with the same keys is fine.
+    public func enroll(_ device: DeviceIdentity, enrollmentToken: String? = nil) async throws {
+        let (status, body) = try await send(try device.enrollment(),
+                                            headers: enrollmentToken.map { ["Veil-Enrollment-Token": $0] } ?? [:])
+        guard status == 201 else { throw Self.failure(status, body) }
+    }
+
+    /// Sends an inquiry; returns its id and status once Veil's pipeline accepted it (`202`).
+    public func inquire(_ device: DeviceIdentity, userId: String, channel: String = "app", appVersion: String = "1.0.0",
+                        appData: [String: String] = [:]) async throws -> InquiryStatus {
+        let (status, body) = try await send(try device.inquiry(userId: userId, channel: channel, appVersion: appVersion, appData: appData))
+        guard status == 202 else { throw Self.failure(status, body) }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return try decoder.decode(InquiryStatus.self, from: body)
+    }
+
+    static func failure(_ status: Int, _ body: Data) -> Failure {
+        let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+        return Failure(status: status, code: object?["code"] as? String ?? "http_\(status)",
+                       detail: object?["detail"] as? String ?? String(decoding: body.prefix(200), as: UTF8.self))
+    }
+}
