@@ -102,7 +102,8 @@ let package = Package(
         .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore", "VeilKafka"], path: "Tests/VeilStoreTests"),
         .testTarget(name: "VeilServiceTests", dependencies: ["VeilService", "VeilEnvelope"], path: "Tests/VeilServiceTests"),
         .testTarget(name: "VeilPipelineTests", dependencies: [
-            "VeilService", "VeilEnvelope", "VeilClient", .product(name: "Crypto", package: "swift-crypto"),
+            "VeilService", "VeilStore", "VeilKafka", "VeilEnvelope", "VeilClient", .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
         ] + serviceLibraries.map { .init(stringLiteral: $0) }, path: "Tests/VeilPipelineTests"),
     ],
     swiftLanguageModes: [.v6]

@@ -5,6 +5,13 @@ import VeilEnvelope
 import VeilKafka
 import VeilService
 
+/// The anonymizer process.
+public enum Anonymizer {
+    public static let runtime = ServiceRuntime(service: .anonymizer) { context in
+        EnvelopeStage(codec: context.codec, handler: AnonymizerHandler(grants: context.grants))
+    }
+}
+
 /// The independent third party's first step: `A = HMAC(kT, P)` with the `kT` the
 /// key-vault granted it, sealed to the key-vault as `encryptedId`. It sees `P` only,
 /// never a raw id, and cannot open the access info (sealed to the merger), which it

@@ -45,6 +45,12 @@ public enum Ingress {
             """),
     ]
 
+    /// The ingress process: the HTTP API beside a stage that (until the service-request
+    /// issue) verifies and dead-letters what arrives on its topics.
+    public static let runtime = ServiceRuntime(service: .ingress, migrations: migrations) { context in
+        ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: UnsupportedEnvelopeHandler()), services: [try api(context)])
+    }
+
     /// The HTTP API as a service of the ingress process.
     public static func api(_ context: ServiceContext) throws -> IngressAPI {
         try IngressAPI(context: context, settings: IngressSettings(context.configuration))

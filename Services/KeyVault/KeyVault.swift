@@ -17,6 +17,8 @@ import VeilStore
 public enum KeyVault {
     public static var migrations: [Migration] { VaultKeyStore.migrations }
 
+    public static let runtime = ServiceRuntime(service: .keyVault, migrations: migrations) { context in try await parts(context) }
+
     /// The handler and the grant publisher, sharing one key store.
     public static func parts(_ context: ServiceContext) async throws -> ServiceParts {
         let store = VaultKeyStore(database: context.database, master: try VaultKeyStore.masterKey(context.configuration),

@@ -9,6 +9,11 @@ import VeilKafka
 import VeilService
 import VeilStore
 
+/// The matcher process.
+public enum Matcher {
+    public static let runtime = ServiceRuntime(service: .matcher) { context in try MatcherHandler.make(context) }
+}
+
 /// The answering server's lookup: a batch of match tokens against the filed records,
 /// one indexed query per consumed batch. It reads tokens and still-encrypted records
 /// (a read-only grant on two of the vault's tables, nothing else) and holds no key

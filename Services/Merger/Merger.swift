@@ -9,6 +9,15 @@ import VeilKafka
 import VeilService
 import VeilStore
 
+/// The merger process.
+public enum Merger {
+    public static let runtime = ServiceRuntime(service: .merger, migrations: MergerHandler.migrations) { context in
+        EnvelopeStage(codec: context.codec, handler: MergerHandler(settings: try MergerHandler.Settings(context.configuration),
+                                                                   grants: context.grants, database: context.database,
+                                                                   logger: context.logger))
+    }
+}
+
 /// The answering server's last step: opens the matched record with the record key
 /// the key-vault granted, merges it with the match token, `anonymizedDeviceId` and the
 /// access info (sealed to the merger by ingress, forwarded unopened by every stage in

@@ -9,12 +9,19 @@ public struct JSONLogHandler: LogHandler {
     public var logLevel: Logger.Level
     let label: String
     let service: String
+    let sink: @Sendable (Data) -> Void
 
     private static let output = Mutex<FileHandle>(FileHandle.standardError)
 
-    public init(label: String, service: String, level: Logger.Level = .info) {
+    /// Writes a line to standard error (serialised across threads).
+    public static let standardError: @Sendable (Data) -> Void = { line in output.withLock { $0.write(line) } }
+
+    /// - Parameter sink: where each line goes; standard error by default (tests capture it).
+    public init(label: String, service: String, level: Logger.Level = .info,
+                sink: @escaping @Sendable (Data) -> Void = JSONLogHandler.standardError) {
         self.label = label
         self.service = service
+        self.sink = sink
         logLevel = level
     }
 
@@ -35,7 +42,7 @@ public struct JSONLogHandler: LogHandler {
         for (key, value) in merged { fields[key] = Self.json(value) }
         guard var line = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
         line.append(0x0a)
-        Self.output.withLock { $0.write(line) }
+        sink(line)
     }
 
     static func json(_ value: Logger.MetadataValue) -> Any {

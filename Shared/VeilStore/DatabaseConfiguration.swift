@@ -48,7 +48,7 @@ public struct DatabaseConfiguration: Sendable, CustomStringConvertible {
 
     public var description: String { "postgres://\(username)@\(host):\(port)/\(database)" }
 
-    var clientConfiguration: PostgresClient.Configuration {
+    public var clientConfiguration: PostgresClient.Configuration {
         var configuration = PostgresClient.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(.makeClientConfiguration()) : .disable)

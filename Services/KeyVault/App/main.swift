@@ -5,4 +5,4 @@ import VeilService
 // key-vault: custody of kT, k2, the record key and the archive key; tokenizes inquiries
 // and files upstream records. `key-vault rotate-match-key` rotates k2 in place.
 if let status = await KeyVault.command(Array(CommandLine.arguments.dropFirst())) { exit(status) }
-await ServiceRuntime(service: .keyVault, migrations: KeyVault.migrations) { context in try await KeyVault.parts(context) }.main()
+await KeyVault.runtime.main()
