@@ -91,7 +91,8 @@ let package = Package(
         // MARK: Benchmarks
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
         .executableTarget(name: "veil-bench", dependencies: [
-            "VeilKafka", "VeilEnvelope", "CKafkaBaseline", argumentParser, .product(name: "Crypto", package: "swift-crypto"),
+            "VeilKafka", "VeilEnvelope", "VeilService", "VeilClient", "VeilContracts", "CKafkaBaseline", argumentParser,
+            .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Benchmarks/veil-bench"),
 
         // MARK: Tests

@@ -3,6 +3,7 @@ import CKafkaBaseline
 import Foundation
 import Logging
 import VeilKafka
+import VeilService
 
 /// `veil-bench kafka`: produce and consume throughput of VeilKafka against a plain C
 /// loop over librdkafka, same broker, message count and size, in one run.
@@ -131,6 +132,4 @@ func progress(_ text: String) {
     FileHandle.standardError.write(Data(text.utf8))
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}
+

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: provisions a database role per service, starts the seven services
-# against the stack (with-stack.sh set DATABASE_URL and KAFKA_BROKERS), shows them
-# healthy, sends a poison message to show the dead-letter path, and stops them
-# gracefully.
+# `make demo`: Veil's main job end to end on the stack (with-stack.sh set DATABASE_URL
+# and KAFKA_BROKERS): keys and database roles, the seven services, 10,000 synthetic
+# customers exported and filed, 1,000 signed inquiries from a device, the downstream
+# provider's decrypted results and a summary; then a k2 rotation, the dead-letter
+# path, a service-key rotation, and a graceful shutdown.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VEIL_BIN:-$root/.build/debug}
@@ -12,46 +13,12 @@ mkdir -p "$logs"
 services=(ingress anonymizer key-vault matcher merger dispatcher technician-alerter)
 base_port=${VEIL_DEMO_ADMIN_PORT:-9101}
 
-echo "==> generating a development key set (services, directory, demo provider) in $state/keys"
-rm -rf "$state/keys"
-"$bin/veilctl" keys init --out "$state/keys" >/dev/null
-export VEIL_KEYS_DIR=$state/keys
-
-echo "==> provisioning one database role and schema per service"
-eval "$("$bin/veilctl" db provision --exports)"
-
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap stop_all EXIT
-
+source "$root/Deploy/local/services.sh"
+veil_keys_and_roles
+trap veil_stop_all EXIT
 echo "==> starting the seven services (logs in $logs)"
-i=0
-for s in "${services[@]}"; do
-  var=VEIL_DATABASE_URL_$(echo "$s" | tr 'a-z-' 'A-Z_')
-  DATABASE_URL=${!var} VEIL_ADMIN_PORT=$((base_port + i)) VEIL_LOG_LEVEL=info \
-    VEIL_HTTP_PORT=${VEIL_DEMO_HTTP_PORT:-18080} VEIL_VAULT_KEY_REFRESH_SECONDS=1 \
-    "$bin/$s" >"$logs/$s.log" 2>&1 &
-  pids+=($!)
-  i=$((i + 1))
-done
-
-printf '==> waiting for /health/ready'
-deadline=$((SECONDS + 90))
-while :; do
-  ready=0; i=0
-  for s in "${services[@]}"; do
-    curl -fs "http://127.0.0.1:$((base_port + i))/health/ready" >/dev/null 2>&1 && ready=$((ready + 1))
-    i=$((i + 1))
-  done
-  [ "$ready" -eq ${#services[@]} ] && break
-  [ $SECONDS -ge $deadline ] && { echo; echo "error: only $ready of ${#services[@]} services ready; see $logs" >&2; exit 1; }
-  printf '.'; sleep 1
-done
-echo
-
+veil_start_services info "${services[@]}"
+veil_wait_ready
 printf '\n%-20s %-7s %-8s %s\n' SERVICE PORT STATUS "READY"
 i=0
 for s in "${services[@]}"; do
@@ -61,7 +28,7 @@ for s in "${services[@]}"; do
   i=$((i + 1))
 done
 
-ingress_url=http://127.0.0.1:${VEIL_DEMO_HTTP_PORT:-18080}
+ingress_url=http://127.0.0.1:${VEIL_HTTP_PORT:-18080}
 customers=${VEIL_DEMO_CUSTOMERS:-10000}
 inquiries=${VEIL_DEMO_INQUIRIES:-1000}
 unknown=$((inquiries / 10))
@@ -134,7 +101,7 @@ echo "  $installed of ${#services[@]} services installed the new directory"
 
 echo
 echo "==> graceful shutdown (SIGTERM)"
-stop_all
+veil_stop_all
 trap - EXIT
 for s in "${services[@]}"; do
   grep -q '"service stopped"\|"msg":"service stopped"' "$logs/$s.log" && echo "  $s stopped cleanly" || echo "  $s: see $logs/$s.log"

@@ -1,0 +1,317 @@
+import ArgumentParser
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Logging
+import Synchronization
+import VeilClient
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+import VeilService
+
+/// `veil-bench pipeline`: the inquiry pipeline end to end against running services
+/// (`make bench-pipeline` starts them), next to the crypto-only bound measured in the
+/// same run: the same signatures, seals, opens and HMACs per inquiry in a plain loop
+/// on all cores, without HTTP, Kafka or PostgreSQL.
+///
+/// 1. crypto-only bound (inquiries/s);
+/// 2. maximum end-to-end throughput: closed loop on HTTP, counting insights that reach
+///    the output topic per second after a warm-up;
+/// 3. latency at half that rate (open loop): from the HTTP request to the insight on
+///    `veil.insights.v1`, p50 and p99;
+/// 4. upstream filing: records/s from the start of an export until the key-vault has filed them all.
+struct PipelineBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pipeline",
+                                                    abstract: "End-to-end inquiry throughput and latency against the crypto-only bound.")
+
+    @Option(help: "Ingress base URL.") var url = "http://127.0.0.1:18080"
+    @Option(help: "The key folder the services use.") var keys: String
+    @Option(help: "Bootstrap servers (default: $KAFKA_BROKERS).") var brokers: String?
+    @Option(help: "Seconds of each end-to-end phase.") var seconds: Double = 15
+    @Option(help: "HTTP requests in flight for the throughput phase.") var concurrency = 48
+    @Option(help: "Customers to file first (and to ask about).") var customers = 10_000
+    @Option(help: "Records for the filing measurement (0: skip).") var filingRecords = 100_000
+    @Option(help: "Admin DATABASE_URL to count filed records (default: $DATABASE_URL).") var database: String?
+
+    func run() async throws {
+        guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
+            throw ValidationError("set --brokers or KAFKA_BROKERS")
+        }
+        let folder = KeyFolder(url: URL(fileURLWithPath: keys))
+        let kafka = KafkaConfiguration(bootstrapServers: brokers, clientID: "veil-bench")
+        var logger = Logger(label: "veil-bench")
+        logger.logLevel = .error
+
+        print("== crypto-only bound (all \(ProcessInfo.processInfo.activeProcessorCount) cores, 3 s)")
+        let bound = try await CryptoBound(folder: folder).run(seconds: 3)
+        print(String(format: "   %.0f inquiries/s", bound))
+
+        if filingRecords > 0 {
+            print("== upstream filing of \(filingRecords) records")
+            let rate = try await filing(folder: folder, kafka: kafka, logger: logger, count: filingRecords, offset: customers)
+            print(String(format: "   %.0f records/s filed (export start → last record in PostgreSQL)", rate))
+        }
+
+        print("== filing \(customers) customers to ask about")
+        _ = try await filing(folder: folder, kafka: kafka, logger: logger, count: customers, offset: 0)
+
+        let device = DeviceIdentity(deviceId: "bench-device-\(UUID().uuidString.prefix(8))")
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.httpMaximumConnectionsPerHost = max(64, concurrency * 2)
+        configuration.timeoutIntervalForRequest = 30
+        let client = IngressClient(baseURL: URL(string: url)!, session: URLSession(configuration: configuration))
+        try await client.enroll(device)
+        let users = (0..<customers).map { CustomerSample.customerID($0) }
+
+        let tracker = try CompletionTracker(kafka: kafka, logger: logger)
+        let reading = Task { try await tracker.run() }
+        defer { reading.cancel() }
+        try await Task.sleep(for: .seconds(3))  // the tracker joins its group
+
+        print("== maximum throughput: closed loop, \(concurrency) requests in flight, \(Int(seconds)) s")
+        let maxRate = try await closedLoop(client: client, device: device, users: users, tracker: tracker)
+        print(String(format: "   %.0f inquiries/s end to end (HTTP request → insight on veil.insights.v1)", maxRate))
+        try await Task.sleep(for: .seconds(3))  // drain
+
+        let rate = maxRate / 2
+        print(String(format: "== latency at half the maximum: open loop at %.0f inquiries/s, %d s", rate, Int(seconds)))
+        let (p50, p99, completed, sent) = try await openLoop(client: client, device: device, users: users, tracker: tracker, rate: rate)
+        print(String(format: "   p50 %.1f ms, p99 %.1f ms (%d of %d completed)", p50, p99, completed, sent))
+
+        print("\n| measure | value | target |\n|---|---|---|")
+        print(String(format: "| crypto-only bound | %.0f inquiries/s | |", bound))
+        print(String(format: "| end-to-end throughput | %.0f inquiries/s (%.2f of the bound) | ≥ 0.5 |", maxRate, maxRate / bound))
+        print(String(format: "| latency at %.0f/s | p50 %.1f ms, p99 %.1f ms | p99 < 50 ms |", rate, p50, p99))
+    }
+
+    // MARK: Phases
+
+    func closedLoop(client: IngressClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker) async throws -> Double {
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        let warmup = ContinuousClock.now + .milliseconds(Int(seconds * 200))
+        let counter = Counter(), failures = Counter()
+        let concurrency = self.concurrency
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var i = worker
+                    while ContinuousClock.now < end {
+                        let user = users[i % users.count]
+                        i += concurrency
+                        let sent = ContinuousClock.now
+                        do {
+                            let status = try await client.inquire(device, userId: user, channel: "app")
+                            tracker.expect(status.id, sentAt: sent)
+                            counter.value.add(1, ordering: .relaxed)
+                        } catch {
+                            failures.value.add(1, ordering: .relaxed)
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        if failures.value.load(ordering: .relaxed) > 0 { print("   \(failures.value.load(ordering: .relaxed)) requests failed") }
+        // Completions in the measured window (after warm-up), per second.
+        try await Task.sleep(for: .seconds(2))
+        let done = tracker.completions(between: warmup, and: end)
+        return Double(done) / (end - warmup).seconds
+    }
+
+    func openLoop(client: IngressClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker,
+                  rate: Double) async throws -> (Double, Double, Int, Int) {
+        let interval = Duration.nanoseconds(Int64(1e9 / max(1, rate)))
+        let start = ContinuousClock.now
+        let total = Int(rate * seconds)
+        var ids: [String] = []
+        try await withThrowingTaskGroup(of: String?.self) { group in
+            for i in 0..<total {
+                let due = start + interval * i
+                try await Task.sleep(until: due, clock: .continuous)
+                let user = users[i % users.count]
+                group.addTask {
+                    let sent = ContinuousClock.now
+                    guard let status = try? await client.inquire(device, userId: user, channel: "app") else { return nil }
+                    tracker.expect(status.id, sentAt: sent)
+                    return status.id
+                }
+            }
+            for try await id in group { if let id { ids.append(id) } }
+        }
+        try await Task.sleep(for: .seconds(3))
+        let latencies = tracker.latencies(of: ids).sorted()
+        guard !latencies.isEmpty else { return (0, 0, 0, total) }
+        func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        return (percentile(0.5), percentile(0.99), latencies.count, total)
+    }
+
+    /// Exports `count` synthetic customers starting at `offset` and waits until all are filed.
+    func filing(folder: KeyFolder, kafka: KafkaConfiguration, logger: Logger, count: Int, offset: Int) async throws -> Double {
+        guard let admin = database ?? ProcessInfo.processInfo.environment["DATABASE_URL"] else {
+            throw ValidationError("set --database or DATABASE_URL to count filed records")
+        }
+        var csv = CustomerSample.csv(count: offset + count)
+        if offset > 0 {  // keep the header, drop the first `offset` customers
+            var lines = csv.split(separator: "\n", omittingEmptySubsequences: false)
+            lines.removeSubrange(1...offset)
+            csv = lines.joined(separator: "\n")
+        }
+        let before = try countFiled(admin)
+        let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: kafka), logger: logger)
+        let codec = EnvelopeCodec(identity: try folder.identity("upstream-exporter"), directory: try folder.directoryStore())
+        let key = try folder.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymIDKey).current!
+        let started = ContinuousClock.now
+        let summary = try await UpstreamExporter(codec: codec, producer: producer, pseudonymKey: key, policy: ExportPolicy())
+            .export(csv: Array(csv.utf8))
+        await producer.close()
+        while try countFiled(admin) < before + summary.published {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return Double(summary.published) / (ContinuousClock.now - started).seconds
+    }
+
+    func countFiled(_ url: String) throws -> Int {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["psql", url, "-Atqc", "SELECT count(*) FROM key_vault.filed_records"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return Int(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+    }
+}
+
+/// Reads `veil.insights.v1` (keys only: the key is the inquiry id) and records when
+/// each expected inquiry completed.
+final class CompletionTracker: Sendable {
+    let consumer: KafkaConsumer
+    private let state = Mutex<(sent: [String: ContinuousClock.Instant], done: [String: ContinuousClock.Instant])>(([:], [:]))
+
+    init(kafka: KafkaConfiguration, logger: Logger) throws {
+        var configuration = ConsumerConfiguration(kafka: kafka, groupID: "veil-bench.\(UUID().uuidString.prefix(8))",
+                                                  topics: [Topic.insights.name])
+        configuration.offsetReset = .latest
+        consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+    }
+
+    func run() async throws {
+        while let batch = try await consumer.nextBatch() {
+            let now = ContinuousClock.now
+            state.withLock { state in
+                for message in batch {
+                    guard let key = message.key else { continue }
+                    state.done[String(decoding: key, as: UTF8.self)] = now
+                }
+            }
+            consumer.markProcessed(batch)
+        }
+    }
+
+    func expect(_ id: String, sentAt: ContinuousClock.Instant) { state.withLock { $0.sent[id] = sentAt } }
+
+    func completions(between start: ContinuousClock.Instant, and end: ContinuousClock.Instant) -> Int {
+        state.withLock { state in state.done.values.filter { $0 >= start && $0 <= end }.count }
+    }
+
+    func latencies(of ids: [String]) -> [Double] {
+        state.withLock { state in
+            ids.compactMap { id in
+                guard let sent = state.sent[id], let done = state.done[id] else { return nil }
+                return (done - sent).seconds * 1000
+            }
+        }
+    }
+}
+
+/// The crypto of one inquiry, every step, in a plain loop: the device's signature;
+/// ingress's verification, two HMACs, two seals and a signature; the anonymizer's
+/// verification, open, HMAC, seal and signature; the key-vault's; the matcher's; the
+/// merger's (with the record's two AEAD opens); the provider's verification and open.
+struct CryptoBound: Sendable {
+    let folder: KeyFolder
+
+    func run(seconds: Double) async throws -> Double {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let directory = try folder.directoryStore()
+        func codec(_ party: String) throws -> EnvelopeCodec {
+            EnvelopeCodec(identity: try folder.identity(party), directory: directory)
+        }
+        let codecs = try ["ingress", "anonymizer", "key-vault", "matcher", "merger"].map(codec)
+        let reader = InsightReader(identity: try folder.identity("provider-demo"), directory: directory)
+        let kP = VersionedKey.generate(version: 1), kT = VersionedKey.generate(version: 1), k2 = VersionedKey.generate(version: 1)
+        let recordKey = VersionedKey.generate(version: 1)
+        let record = try RecordCipher.seal(["tier": "gold", "plan": "contract-l", "city": "Berlin", "household_size": "3",
+                                            "customer_since": "2019-04-01", "preferred_channel": "app", "lifetime_value_eur": "4711",
+                                            "region": "north"], with: recordKey)
+        let access = ContractCoding.encode(AccessInfo(anonymizedDeviceId: Data(count: 32), deviceKeyVersion: 1, channel: "app",
+                                                      receivedAt: Date(), appVersion: "1.0.0", region: nil, appData: [:]))
+        let device = DeviceIdentity(deviceId: "bench")
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        let total = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<cores {
+                group.addTask {
+                    var n = 0
+                    while ContinuousClock.now < end {
+                        try Self.inquiry(codecs: codecs, reader: reader, device: device, kP: kP, kT: kT, k2: k2, recordKey: recordKey,
+                                         record: record, access: access)
+                        n += 1
+                    }
+                    return n
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        return Double(total) / seconds
+    }
+
+    static func inquiry(codecs: [EnvelopeCodec], reader: InsightReader, device: DeviceIdentity, kP: VersionedKey, kT: VersionedKey,
+                        k2: VersionedKey, recordKey: VersionedKey, record: EncryptedRecord, access: [UInt8]) throws {
+        let (ingress, anonymizer, vault, matcher, merger) = (codecs[0], codecs[1], codecs[2], codecs[3], codecs[4])
+        let request = try device.inquiry(userId: "+4915112345678", channel: "app", appVersion: "1.0.0")
+        guard DeviceRequestSignature.isValid(signature: request.signature, publicKey: device.signingKey.publicKey,
+                                             method: "POST", path: request.path, body: request.body) else { throw BenchError.failed }
+        let p = kP.hash(Array("+4915112345678".utf8))
+        _ = kP.hash(Array("device".utf8))
+        func pass(_ draft: EnvelopeDraft, _ from: EnvelopeCodec, _ to: EnvelopeCodec, _ topic: String) throws -> VerifiedEnvelope {
+            let message = try from.message(draft, topic: topic, key: nil)
+            return try to.verifier.verify(message.value, topic: topic)
+        }
+        let received = try pass(EnvelopeDraft(type: MessageType.inquiryReceived, parts: [
+            .sealed(PartLabel.pseudonym, payload: p, to: ["anonymizer"]), .sealed(PartLabel.accessInfo, payload: access, to: ["merger"]),
+        ]), ingress, anonymizer, Topic.inquiriesReceived.name)
+        let a = kT.hash(received.payload(PartLabel.pseudonym)!)
+        let accessPart = received.part(PartLabel.accessInfo)!
+        let anonymized = try pass(EnvelopeDraft(type: MessageType.inquiryAnonymized, parts: [
+            .sealed(PartLabel.encryptedID, payload: a, to: ["key-vault"]), .forwarded(accessPart),
+        ]), anonymizer, vault, Topic.inquiriesAnonymized.name)
+        let token = k2.hash(anonymized.payload(PartLabel.encryptedID)!)
+        let tokenized = try pass(EnvelopeDraft(type: MessageType.inquiryTokenized, parts: [
+            .sealed(PartLabel.matchToken, payload: token, to: ["matcher"]), .forwarded(accessPart),
+        ]), vault, matcher, Topic.inquiriesTokenized.name)
+        let match = ContractCoding.encode(MatchPayload(token: Data(tokenized.payload(PartLabel.matchToken)!), matchKeyVersion: 1, record: record))
+        let matched = try pass(EnvelopeDraft(type: MessageType.inquiryMatched, parts: [
+            .sealed(PartLabel.match, payload: match, to: ["merger"]), .forwarded(accessPart),
+        ]), matcher, merger, Topic.inquiriesMatched.name)
+        _ = try RecordCipher.open(record, with: KeyRing([recordKey]))
+        guard matched.payload(PartLabel.accessInfo) != nil else { throw BenchError.failed }
+        let insight = ContractCoding.encode(Insight(inquiryId: "x", matched: true, matchToken: Data(token), matchKeyVersion: 1,
+                                                    access: try ContractCoding.decode(AccessInfo.self, from: access),
+                                                    record: ["tier": "gold"], mergedAt: Date()))
+        let output = try merger.message(EnvelopeDraft(type: MessageType.insightPublished, parts: [
+            .sealed(PartLabel.insight, payload: insight, to: ["provider-demo"]),
+        ]), topic: Topic.insights.name, key: nil)
+        _ = try reader.read(output.value)
+    }
+}
+
+enum BenchError: Error { case failed }
+
+final class Counter: Sendable {
+    let value = Atomic<Int>(0)
+}
