@@ -34,7 +34,7 @@ let package = Package(
         .library(name: "VeilStore", targets: ["VeilStore"]),
         .library(name: "VeilService", targets: ["VeilService"]),
         .library(name: "VeilEnvelope", targets: ["VeilEnvelope"]),
-        .library(name: "VeilClient", targets: ["VeilClient"]),
+        .library(name: "VeilClient", targets: ["VeilClient", "VeilIngressClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
@@ -65,6 +65,8 @@ let package = Package(
         .target(name: "VeilClient", dependencies: ["VeilCore", "VeilEnvelope", "VeilContracts",
                                                    .product(name: "Crypto", package: "swift-crypto")],
                 path: "Shared/VeilClient"),
+        // The device's HTTP client for ingress (URLSession; on Linux it links libcurl, so services do not use it).
+        .target(name: "VeilIngressClient", dependencies: ["VeilClient"], path: "Shared/VeilIngressClient"),
         .target(name: "VeilService", dependencies: [
             "VeilCore", "VeilKafka", "VeilStore", "VeilContracts", "VeilEnvelope", log, lifecycle,
             .product(name: "PostgresNIO", package: "postgres-nio"),
@@ -85,13 +87,13 @@ let package = Package(
         // MARK: Tools
         .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", "VeilContracts", argumentParser],
                           path: "Tools/veil-dev-broker"),
-        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", "VeilClient", "KeyVaultService", argumentParser],
+        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", "VeilClient", "VeilIngressClient", "KeyVaultService", argumentParser],
                           path: "Tools/veilctl"),
 
         // MARK: Benchmarks
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
         .executableTarget(name: "veil-bench", dependencies: [
-            "VeilKafka", "VeilEnvelope", "VeilService", "VeilClient", "VeilContracts", "CKafkaBaseline", argumentParser,
+            "VeilKafka", "VeilEnvelope", "VeilService", "VeilClient", "VeilIngressClient", "VeilContracts", "CKafkaBaseline", argumentParser,
             .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Benchmarks/veil-bench"),
 
@@ -103,7 +105,8 @@ let package = Package(
         .testTarget(name: "VeilStoreTests", dependencies: ["VeilStore", "VeilKafka"], path: "Tests/VeilStoreTests"),
         .testTarget(name: "VeilServiceTests", dependencies: ["VeilService", "VeilEnvelope"], path: "Tests/VeilServiceTests"),
         .testTarget(name: "VeilPipelineTests", dependencies: [
-            "VeilService", "VeilStore", "VeilKafka", "VeilEnvelope", "VeilClient", .product(name: "Crypto", package: "swift-crypto"),
+            "VeilService", "VeilStore", "VeilKafka", "VeilEnvelope", "VeilClient", "VeilIngressClient",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "PostgresNIO", package: "postgres-nio"),
         ] + serviceLibraries.map { .init(stringLiteral: $0) }, path: "Tests/VeilPipelineTests"),
     ],

@@ -6,6 +6,7 @@ import FoundationNetworking
 import Logging
 import Synchronization
 import VeilClient
+import VeilIngressClient
 import VeilContracts
 import VeilCore
 import VeilEnvelope

@@ -21,15 +21,23 @@ What it checks (one `ok ...` / `FAIL ...` line each, then `N passed, M failed`; 
   * veil-entrypoint and the Dockerfile list every executable; Prometheus scrapes every service; the
     Grafana dashboard shows the five metric families; docs/DEPLOYMENT.md's ACL table matches
     Shared/VeilContracts/ServiceName.swift.
+  * docs/asyncapi.yaml: a channel per topic of Topic.swift (address, retention, compaction, output),
+    the {topic}.dlq channel, send/receive operations as in ServiceName.swift, messages and producers as
+    in KeyDirectory.veilAllowlist; every sample payload of `veilctl contracts samples` names a
+    documented type/topic/part/schema and is valid against that JSON Schema (Draft 2020-12), and the
+    samples cover every documented part.
 
 Environment:
   VEIL_BIN             folder of built executables (default .build/debug)
   VEIL_VARIABLES_JSON  the variable list instead of `$VEIL_BIN/veilctl config variables --json`:
                        either the JSON itself (starts with '[') or a path to a file holding it.
                        JSON: [{"name", "required", "default", "secret", "help"}, ...]
+  VEIL_CONTRACT_SAMPLES_JSON  the samples instead of `$VEIL_BIN/veilctl contracts samples`: the JSON
+                       itself (starts with '[') or a path to a file holding it.
+                       JSON: [{"type", "topic", "part", "schema", "payload"}, ...]
   DOCKER_COMPOSE       compose command (default: docker-compose, else `docker compose`)
   KUBECTL              kubectl command (default kubectl)
-Needs Python 3 and PyYAML only.
+Needs Python 3, PyYAML and jsonschema 4+ (Deploy/local/install-deps.sh installs both).
 """
 import json
 import os
@@ -111,8 +119,10 @@ def acl_table(services, consumes, produces, topic_names):
     lines = ["| principal | READ (topics) | WRITE (topics) | READ (groups) |", "|---|---|---|---|"]
     for s in services:
         reads = consumes[s] + ([directory] if directory not in consumes[s] else [])
-        writes = produces[s] + [f"{t}.dlq" for t in consumes[s]]
-        groups = f"`veil.{s}`; prefix `veil.{s}.directory.`"
+        # Followed topics (directory, grants) are read by per-process groups and never dead-lettered.
+        grants = topic_names["keysGrants"]
+        writes = produces[s] + [f"{t}.dlq" for t in consumes[s] if t not in (directory, grants)]
+        groups = f"`veil.{s}`; prefix `veil.{s}.directory.`" + (f", `veil.{s}.grants.`" if grants in consumes[s] else "")
         lines.append(f"| `User:veil-{s}` | {code(reads)} | {code(writes)} | {groups} |")
     return "\n".join(lines)
 
@@ -570,6 +580,283 @@ def check_docs(report, expected_table):
                  [] if expected_table in text else ["regenerate: python3 Deploy/checks/check_deploy.py --print-acl-table"])
 
 
+# ------------------------------------------------------------------------------------- topic contracts
+
+ASYNCAPI = "docs/asyncapi.yaml"
+TOPIC_ARGUMENTS = re.compile(r'^\s*public static let (\w+) = Topic\("([^"]+)"(.*)\)\s*$', re.M)
+
+
+def swift_int(expression, constants):
+    """Value of a Swift integer product such as `3_600_000` or `7 * day` over the given constants."""
+    value = 1
+    for factor in expression.split("*"):
+        factor = factor.strip()
+        value *= constants[factor] if factor in constants else int(factor.replace("_", ""))
+    return value
+
+
+def read_topic_catalog():
+    """`Topic.all` from Topic.swift: {identifier: {name, retention, compacted, output}}, in catalog order."""
+    source = (ROOT / "Shared/VeilContracts/Topic.swift").read_text()
+    constants = {}
+    for name, expression in re.findall(r'^\s*static let (\w+): Int64 = ([^\n]+)$', source, re.M):
+        constants[name] = swift_int(expression, constants)
+    topics = {}
+    for ident, name, rest in TOPIC_ARGUMENTS.findall(source):
+        retention = re.search(r'retentionMilliseconds:\s*([^,)]+)', rest)
+        topics[ident] = {"name": name, "retention": swift_int(retention.group(1), constants) if retention else None,
+                         "compacted": "compacted: true" in rest, "output": "isOutput: true" in rest}
+    listed = source.split("public static let all: [Topic] = [", 1)[1].split("]", 1)[0]
+    return {ident: topics[ident] for ident in re.findall(r"\w+", listed)}
+
+
+def read_allowlist():
+    """`KeyDirectory.veilAllowlist`: [(topic, type, [producers])]."""
+    source = (ROOT / "Shared/VeilEnvelope/KeyDirectory+veil.swift").read_text()
+    return [(topic, kind, re.findall(r'"([^"]+)"', producers)) for topic, kind, producers in
+            re.findall(r'\.init\(topic: "([^"]+)", type: "([^"]+)", producers: \[([^\]]*)\]\)', source)]
+
+
+def json_pointer(document, ref):
+    if not ref.startswith("#/"):
+        raise KeyError(ref)
+    node = document
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        node = node[int(token)] if isinstance(node, list) else node[token]
+    return node
+
+
+def all_refs(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from all_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from all_refs(value)
+
+
+def load_contract_samples(report):
+    """The samples of `veilctl contracts samples`: [{type, topic, part, schema, payload}], or None."""
+    override = os.environ.get("VEIL_CONTRACT_SAMPLES_JSON")
+    if override:
+        source = "VEIL_CONTRACT_SAMPLES_JSON"
+        try:
+            text = override if override.lstrip().startswith("[") else Path(override).read_text()
+        except OSError as error:
+            report.fail(f"contracts: {source} names no readable file ({error.strerror})")
+            return None
+    else:
+        veilctl = VEIL_BIN / "veilctl"
+        source = f"{veilctl.relative_to(ROOT) if veilctl.is_relative_to(ROOT) else veilctl} contracts samples"
+        if not veilctl.exists():
+            report.fail(f"contracts: {veilctl} not built (or set VEIL_CONTRACT_SAMPLES_JSON)")
+            return None
+        result = run([str(veilctl), "contracts", "samples"])
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no output"])[0]
+            report.fail(f"contracts: `{source}` failed ({first}); set VEIL_CONTRACT_SAMPLES_JSON until it exists")
+            return None
+        text = result.stdout
+    fields = ("type", "topic", "part", "schema")
+    try:
+        samples = json.loads(text)
+        assert isinstance(samples, list) and samples
+        assert all(isinstance(s, dict) and all(isinstance(s.get(f), str) for f in fields) and "payload" in s
+                   for s in samples)
+    except (ValueError, AssertionError):
+        report.fail(f"contracts: {source} is not a non-empty JSON array of {{type, topic, part, schema, payload}}")
+        return None
+    report.ok(f"contracts: {len(samples)} sample payloads from {source}")
+    return samples
+
+
+def check_contracts(report):
+    """docs/asyncapi.yaml against the Swift contracts, and the code's sample payloads against its schemas."""
+    try:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+    except ImportError:
+        report.fail("contracts: Python package jsonschema (4.0+) importable", "run Deploy/local/install-deps.sh")
+        return
+    try:
+        doc = yaml.safe_load((ROOT / ASYNCAPI).read_text())
+        assert isinstance(doc, dict), "not a YAML mapping"
+    except (OSError, yaml.YAMLError, AssertionError) as error:
+        report.fail(f"contracts: {ASYNCAPI} loads", str(error).splitlines()[0])
+        return
+    channels = doc.get("channels") or {}
+    operations = doc.get("operations") or {}
+    schemas = (doc.get("components") or {}).get("schemas") or {}
+    problems = [] if doc.get("asyncapi") == "3.0.0" else [f"asyncapi is {doc.get('asyncapi')!r}, not 3.0.0"]
+    for ref in sorted(set(all_refs(doc))):
+        try:
+            json_pointer(doc, ref)
+        except (KeyError, IndexError, ValueError, TypeError):
+            problems.append(f"$ref {ref} does not resolve")
+    for name, schema in schemas.items():
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as error:
+            problems.append(f"schema {name}: {error.message}")
+    report.check(not problems, f"contracts: {ASYNCAPI} is AsyncAPI 3.0.0, its $refs resolve, its {len(schemas)} schemas "
+                               f"are valid JSON Schema 2020-12", problems)
+
+    # Channels: one per topic of Topic.swift's catalog, with its address and settings.
+    catalog = read_topic_catalog()
+    by_address = {c.get("address"): (cid, c) for cid, c in channels.items() if isinstance(c, dict)}
+    problems = []
+    for ident, topic in catalog.items():
+        channel = channels.get(ident)
+        if channel is None:
+            cid, channel = by_address.get(topic["name"], (None, None))
+            if channel is None:
+                problems.append(f"no channel for {topic['name']} (Topic.{ident})")
+                continue
+            problems.append(f"channel for {topic['name']} is named {cid}, expected {ident} (Topic.{ident})")
+        if channel.get("address") != topic["name"]:
+            problems.append(f"channel {ident} has address {channel.get('address')}, expected {topic['name']}")
+        for key, expected in (("x-veil-retention-ms", topic["retention"]), ("x-veil-compacted", topic["compacted"]),
+                              ("x-veil-output", topic["output"])):
+            if key not in channel or channel[key] != expected:
+                problems.append(f"channel {ident} {key} is {channel.get(key, 'missing')}, expected {expected}")
+        kafka = (channel.get("bindings") or {}).get("kafka") or {}
+        config = kafka.get("topicConfiguration") or {}
+        if kafka.get("topic") != topic["name"] or config.get("retention.ms") != topic["retention"] \
+                or config.get("cleanup.policy") != ["compact" if topic["compacted"] else "delete"]:
+            problems.append(f"channel {ident} Kafka binding (topic, retention.ms, cleanup.policy) differs from Topic.{ident}")
+    addresses = {t["name"] for t in catalog.values()}
+    for cid, channel in channels.items():
+        address = channel.get("address", "")
+        if address not in addresses and not address.endswith(".dlq"):
+            problems.append(f"channel {cid} ({address}) is not in Topic.all")
+    report.check(not problems, f"contracts: a channel for each of the {len(catalog)} topics of Topic.swift "
+                               f"(address, retention, compaction, output)", problems)
+
+    # Dead letters: `<topic>.dlq` for every topic Veil consumes, written by the stages.
+    services, consumes, produces, topic_names = read_contracts()
+    grants, directory = topic_names["keysGrants"], topic_names["keysDirectory"]
+    dlq = next((c for c in channels.values() if str(c.get("address", "")).endswith(".dlq")), None)
+    problems = []
+    if dlq is None:
+        problems.append("no channel with address {topic}.dlq")
+    else:
+        enum = ((dlq.get("parameters") or {}).get("topic") or {}).get("enum") or []
+        expected = [t["name"] for t in catalog.values() if not t["output"]]
+        if sorted(enum) != sorted(expected):
+            problems.append(f"topic parameter lists {sorted(set(enum) ^ set(expected))} wrongly (expected the non-output topics)")
+        if dlq.get("x-veil-retention-ms") != 14 * 86_400_000:
+            problems.append(f"x-veil-retention-ms is {dlq.get('x-veil-retention-ms')}, expected {14 * 86_400_000}")
+        writers = dlq.get("x-veil-dead-letter-producers") or {}
+        for s in services:
+            stage_topics = [t for t in consumes[s] if t not in (grants, directory)]
+            if sorted(writers.get(s) or []) != sorted(stage_topics):
+                problems.append(f"x-veil-dead-letter-producers {s} is {writers.get(s)}, expected {stage_topics}")
+        headers = json_pointer(doc, "#/components/schemas/DeadLetterHeaders") if "DeadLetterHeaders" in schemas else {}
+        stage_runner = (ROOT / "Shared/VeilService/StageRunner.swift").read_text()
+        for header in sorted(set(re.findall(r'KafkaHeader\(name: "(veil_dlq_\w+)"', stage_runner))):
+            if header not in (headers.get("required") or []):
+                problems.append(f"DeadLetterHeaders does not require {header} (StageRunner.swift sets it)")
+    report.check(not problems, "contracts: dead-letter channel {topic}.dlq (topics, writers, veil_dlq_* headers)", problems)
+
+    # Operations: send / receive per service as ServiceName.swift says; messages as the allowlist says.
+    def message_of(ref_holder):
+        return json_pointer(doc, ref_holder["$ref"]) if "$ref" in ref_holder else ref_holder
+
+    sends, receives = {}, {}
+    for operation in operations.values():
+        try:
+            address = message_of(operation["channel"]).get("address")
+        except (KeyError, TypeError, IndexError):
+            continue  # reported as an unresolved $ref above
+        table = sends if operation.get("action") == "send" else receives
+        table.setdefault(operation.get("x-veil-party"), set()).add(address)
+    problems = []
+    for s in services:
+        if sends.get(s, set()) != set(produces[s]):
+            problems.append(f"{s} sends to {sorted(sends.get(s, set()))}, ServiceName.swift: {sorted(produces[s])}")
+        expected = set(consumes[s]) | {directory}
+        if receives.get(s, set()) != expected:
+            problems.append(f"{s} receives {sorted(receives.get(s, set()))}, ServiceName.swift: {sorted(expected)}")
+    report.check(not problems, f"contracts: send/receive operations of the {len(services)} services match ServiceName.swift",
+                 problems)
+
+    messages = {}  # envelope type -> (channel address, message)
+    for channel in channels.values():
+        for holder in (channel.get("messages") or {}).values():
+            try:
+                message = message_of(holder)
+            except (KeyError, TypeError, IndexError):
+                continue
+            messages[message.get("name")] = (channel.get("address"), message)
+    problems = []
+    allowlist = read_allowlist()
+    for topic, kind, producers in allowlist:
+        address, message = messages.get(kind, (None, None))
+        if message is None:
+            problems.append(f"no message named {kind}")
+            continue
+        if address != topic:
+            problems.append(f"{kind} is on channel {address}, allowlist: {topic}")
+        senders = {party for party, addresses in sends.items() if topic in addresses}
+        if senders != set(producers):
+            problems.append(f"{topic} sent by {sorted(senders)}, allowlist: {producers}")
+        sources = [s for part in (message.get("headers") or {}).get("allOf", [])
+                   if (s := ((part.get("properties") or {}).get("ce_source") or {}).get("const"))]
+        if not sources or not set(sources) <= set(producers):
+            problems.append(f"{kind} headers ce_source {sources or 'unset'}, allowlist: {producers}")
+    documented = {(t, k) for t, k, _ in allowlist}
+    for kind, (address, message) in messages.items():
+        if message.get("contentType") == "application/vnd.veil.envelope.v1" and (address, kind) not in documented \
+                and not str(address).endswith(".dlq"):
+            problems.append(f"envelope message {kind} on {address} is not in KeyDirectory.veilAllowlist")
+    report.check(not problems, f"contracts: messages and producers match the {len(allowlist)} entries of KeyDirectory.veilAllowlist",
+                 problems)
+
+    # Samples from the code: documented, and valid against their schemas.
+    samples = load_contract_samples(report)
+    if samples is None:
+        return
+    root = {"$schema": "https://json-schema.org/draft/2020-12/schema", "components": {"schemas": schemas}}
+    validators, problems, covered = {}, [], set()
+    for i, sample in enumerate(samples):
+        kind, topic, label, name = sample["type"], sample["topic"], sample["part"], sample["schema"]
+        where = f"sample {i} ({kind} {label})"
+        address, message = messages.get(kind, (None, None))
+        if message is None:
+            problems.append(f"{where}: no message named {kind}")
+        else:
+            if address != topic:
+                problems.append(f"{where}: topic {topic}, but {kind} is documented on {address}")
+            parts = {p.get("label"): p for p in message.get("x-veil-parts") or []}
+            if label not in parts:
+                problems.append(f"{where}: part {label} not in x-veil-parts of {kind} ({', '.join(parts) or 'none'})")
+            elif parts[label].get("schema") != name:
+                problems.append(f"{where}: schema {name}, documented: {parts[label].get('schema')}")
+            covered.add((kind, label, name))
+        if name not in schemas:
+            problems.append(f"{where}: schema {name} not in components.schemas")
+            continue
+        validator = validators.get(name)
+        if validator is None:
+            validator = validators[name] = Draft202012Validator({**root, "$ref": f"#/components/schemas/{name}"})
+        try:
+            errors = sorted(validator.iter_errors(sample["payload"]), key=lambda e: list(map(str, e.absolute_path)))
+        except Exception as error:  # e.g. an unresolvable $ref inside the schema (reported above too)
+            report.fail(f"contracts: {where} is a valid {name}", f"{type(error).__name__}: {str(error).split(' within ')[0][:200]}")
+            continue
+        detail = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:160]}" for e in errors]
+        report.check(not errors, f"contracts: {where} is a valid {name}", detail[:5])
+    report.check(not problems, "contracts: every sample's type, topic, part label and schema are documented", problems)
+
+    missing = [f"{m.get('name')} part {p.get('label')} ({p.get('schema')})"
+               for _, m in messages.values() for p in m.get("x-veil-parts") or []
+               if (m.get("name"), p.get("label"), p.get("schema")) not in covered]
+    report.check(not missing, "contracts: the samples cover every documented part", [f"no sample of {m}" for m in missing])
+
+
 def main():
     services, consumes, produces, topic_names = read_contracts()
     table = acl_table(services, consumes, produces, topic_names)
@@ -584,6 +871,7 @@ def main():
     check_image(report, services)
     check_monitoring(report, services)
     check_docs(report, table)
+    check_contracts(report)
     print(f"{report.passed} passed, {report.failed} failed")
     return 1 if report.failed else 0
 

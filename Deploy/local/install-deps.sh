@@ -10,6 +10,7 @@ command -v kcat >/dev/null || need+=(kcat)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v curl >/dev/null || need+=(curl)
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || need+=(python3-yaml)
+python3 -c 'import jsonschema' 2>/dev/null || pip install -q jsonschema || need+=(python3-jsonschema)
 command -v kubectl >/dev/null || echo "note: kubectl not found; the Kubernetes manifest checks need it (kubectl kustomize)" >&2
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "==> installing: ${need[*]}"

@@ -13,7 +13,9 @@ public struct TopicFollower: Service {
 
     public init(kafka: KafkaConfiguration, service: ServiceName, topic: Topic, logger: Logger,
                 apply: @escaping @Sendable ([KafkaMessage]) async -> Void) throws(KafkaError) {
-        let suffix = topic.name.split(separator: ".").dropFirst().first ?? "follow"
+        // veil.keys.directory.v1 → veil.<service>.directory.<random>; veil.keys.grants.v1 → ….grants.…
+        let parts = topic.name.split(separator: ".")
+        let suffix = parts.count >= 2 ? parts[parts.count - 2] : "follow"
         var configuration = ConsumerConfiguration(kafka: kafka, groupID: "\(service.consumerGroup).\(suffix).\(UUID().uuidString.prefix(8))",
                                                   topics: [topic.name])
         configuration.offsetReset = .earliest

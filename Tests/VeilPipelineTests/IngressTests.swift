@@ -5,6 +5,7 @@ import FoundationNetworking
 #endif
 import Testing
 import VeilClient
+import VeilIngressClient
 import VeilContracts
 import VeilService
 

@@ -110,6 +110,13 @@ extension PipelineSuites {
             #expect(after.count == 50)
             #expect(before.subtracting(after).count == 1, "only the changed record was rewritten")
             #expect(Set(try await world.adminStrings(tokens)) == tokensBefore, "tokens unchanged")
+
+        // Bad rows are counted with their reason and not published.
+        let header = CustomerSample.header.joined(separator: ",")
+        let bad = try await world.export(csv: header + "\n" + lines[2] + "\n,x,x,x,x,x,x,x,x,x,x,x,x,x,x,x\nC1,too,few\n")
+        #expect(bad.read == 3 && bad.published == 1)
+        #expect(bad.rejected == ["empty customer_id": 1, "wrong number of columns": 1])
+        #expect(!bad.exportedColumns.contains { ["first_name", "last_name", "phone", "email", "street", "postcode"].contains($0) })
             await world.stop()
         }
 

@@ -13,6 +13,7 @@ import PostgresNIO
 import Synchronization
 import Testing
 import VeilClient
+import VeilIngressClient
 import VeilContracts
 import VeilCore
 import VeilEnvelope

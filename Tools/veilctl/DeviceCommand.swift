@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VeilClient
+import VeilIngressClient
 import VeilService
 #if canImport(FoundationNetworking)
 import FoundationNetworking

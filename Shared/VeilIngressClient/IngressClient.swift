@@ -1,4 +1,5 @@
 import Foundation
+@_exported import VeilClient
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
