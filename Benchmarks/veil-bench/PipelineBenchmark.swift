@@ -73,8 +73,12 @@ struct PipelineBenchmark: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(3))  // the tracker joins its group
 
         print("== maximum throughput: closed loop, \(concurrency) requests in flight, \(Int(seconds)) s")
+        let cpuBefore = ProcessCPU.snapshot()
+        let completedBefore = tracker.completedCount
         let maxRate = try await closedLoop(client: client, device: device, users: users, tracker: tracker)
         print(String(format: "   %.0f inquiries/s end to end (HTTP request → insight on veil.insights.v1)", maxRate))
+        print("   CPU ms per inquiry: " + ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(),
+                                                         inquiries: tracker.completedCount - completedBefore))
         try await Task.sleep(for: .seconds(3))  // drain
 
         let rate = maxRate / 2
@@ -214,6 +218,8 @@ final class CompletionTracker: Sendable {
         }
     }
 
+    var completedCount: Int { state.withLock { $0.done.count } }
+
     func expect(_ id: String, sentAt: ContinuousClock.Instant) { state.withLock { $0.sent[id] = sentAt } }
 
     func completions(between start: ContinuousClock.Instant, and end: ContinuousClock.Instant) -> Int {
@@ -315,4 +321,35 @@ enum BenchError: Error { case failed }
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)
+}
+
+/// CPU time (user + system) of the processes on this machine, by command name, from /proc.
+enum ProcessCPU {
+    static func snapshot() -> [String: Double] {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var totals: [String: Double] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(entry) != nil {
+            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { continue }
+            let name = String(stat[stat.index(after: open)..<close])
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
+            totals[name, default: 0] += (user + system) / ticks
+        }
+        return totals
+    }
+
+    /// Milliseconds of CPU per inquiry for each process that used at least 1% of the total.
+    static func report(from before: [String: Double], to after: [String: Double], inquiries: Int) -> String {
+        guard inquiries > 0 else { return "" }
+        var used: [(String, Double)] = []
+        for (name, value) in after {
+            let delta = value - (before[name] ?? 0)
+            if delta > 0 { used.append((name, delta)) }
+        }
+        let total = used.reduce(0) { $0 + $1.1 }
+        return used.filter { $0.1 > total * 0.01 }.sorted { $0.1 > $1.1 }
+            .map { String(format: "%@ %.2f", $0.0, $0.1 * 1000 / Double(inquiries)) }.joined(separator: ", ")
+            + String(format: " (total %.2f ms CPU per inquiry)", total * 1000 / Double(inquiries))
+    }
 }

@@ -81,6 +81,8 @@ public struct ServiceConfiguration: Sendable {
         ConfigurationVariable("KAFKA_BROKERS", required: true, "Kafka bootstrap servers, host:port[,host:port]"),
         ConfigurationVariable("DATABASE_URL", required: true, secret: true,
                               "postgres://user:password@host:port/db[?sslmode=require] for the service's own role"),
+        ConfigurationVariable("VEIL_DATABASE_SCHEMA",
+                              "The service's schema (default: its name, e.g. key_vault); its role must own it"),
         ConfigurationVariable("VEIL_ADMIN_HOST", default: "0.0.0.0", "Address of the health and metrics server"),
         ConfigurationVariable("VEIL_ADMIN_PORT", default: "9090", "Port of /health/live, /health/ready and /metrics"),
         ConfigurationVariable("VEIL_LOG_LEVEL", default: "info", "trace, debug, info, notice, warning, error or critical"),

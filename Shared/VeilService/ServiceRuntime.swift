@@ -82,7 +82,8 @@ public struct ServiceRuntime: Sendable {
         } catch {
             throw ConfigurationError(variable: "VEIL_KEYS_DIR", reason: "cannot load keys: \(error.description)")
         }
-        let database = try Database(configuration: configuration.database, schema: service.schema, logger: logger)
+        let database = try Database(configuration: configuration.database,
+                                    schema: configuration.setting("VEIL_DATABASE_SCHEMA") ?? service.schema, logger: logger)
         let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: configuration.kafka), logger: logger)
         let grants = GrantedKeys()
         let context = ServiceContext(configuration: configuration, database: database, producer: producer,

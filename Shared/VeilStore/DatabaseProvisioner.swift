@@ -32,8 +32,9 @@ public struct DatabaseProvisioner: Sendable {
             group.addTask { await client.run() }
             defer { group.cancelAll() }
             try await client.withTransaction(logger: logger) { connection in
-                // Roles are cluster-wide; serialise concurrent provisioning of the same one.
-                try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\("veil.provision." + role)))", logger: logger)
+                // Roles, and the grants on the database and the public schema, are cluster-wide:
+                // concurrent provisioning (replicas, parallel tests) takes turns.
+                try await connection.query("SELECT pg_advisory_xact_lock(hashtext('veil.provision'))", logger: logger)
                 let exists = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(role)", logger: logger)
                     .collect().isEmpty == false
                 let verb = exists ? "ALTER" : "CREATE"

@@ -27,7 +27,7 @@ struct KeyFolderTests {
             if !isFolder { files += 1 }
         }
         // 9 parties × 2 keys, the directory key and its public half, the signed directory.
-        #expect(files == 9 * 2 + 3)
+        #expect(files == 9 * 2 + 3 + KeyFolder.developmentSecrets.count)
         let store = try folder.directoryStore()
         let owners = Set(store.directory.keys.map(\.owner))
         #expect(owners == Set(KeyDirectory.veilServices + ["upstream-exporter", "provider-demo"]))

@@ -88,6 +88,7 @@ struct ServiceRuntimeTests {
         environment["KAFKA_BROKERS"] = kafka.cluster.bootstrapServers
         environment["DATABASE_URL"] = "postgres://\(database.username):\(database.password ?? "")@\(database.host):\(database.port)/\(database.database)"
         environment["VEIL_ADMIN_PORT"] = "0"
+        environment["VEIL_DATABASE_SCHEMA"] = uniqueName("runtime")  // not the merger's own schema, which other tests reset
         environment["VEIL_ADMIN_HOST"] = "127.0.0.1"
         let keys = FileManager.default.temporaryDirectory.appendingPathComponent("veil-keys-\(UUID())")
         try KeyFolder.createDevelopmentKeys(at: keys)
@@ -114,7 +115,7 @@ struct ServiceRuntimeTests {
         try await producer.send(OutgoingMessage(topic: Topic.inquiriesMatched.name, value: Array("x".utf8)))
         await producer.close()
         var metrics = ""
-        for _ in 0..<100 where !metrics.contains("veil_dead_letters_total") {
+        for _ in 0..<100 where !(metrics.contains("veil_dead_letters_total") && metrics.contains("veil_processing_duration_seconds")) {
             try await Task.sleep(for: .milliseconds(200))
             metrics = try await get("http://127.0.0.1:\(base)/metrics").body
         }
