@@ -46,6 +46,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // MARK: Shared libraries
@@ -94,6 +95,7 @@ let package = Package(
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
         .executableTarget(name: "veil-bench", dependencies: [
             "VeilKafka", "VeilEnvelope", "VeilService", "VeilClient", "VeilIngressClient", "VeilContracts", "CKafkaBaseline", argumentParser,
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Benchmarks/veil-bench"),
 

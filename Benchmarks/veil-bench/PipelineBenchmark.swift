@@ -1,4 +1,6 @@
 import ArgumentParser
+import AsyncHTTPClient
+import NIOCore
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -63,8 +65,10 @@ struct PipelineBenchmark: AsyncParsableCommand {
         let configuration = URLSessionConfiguration.ephemeral
         configuration.httpMaximumConnectionsPerHost = max(64, concurrency * 2)
         configuration.timeoutIntervalForRequest = 30
-        let client = IngressClient(baseURL: URL(string: url)!, session: URLSession(configuration: configuration))
-        try await client.enroll(device)
+        try await IngressClient(baseURL: URL(string: url)!, session: URLSession(configuration: configuration)).enroll(device)
+        // The load generator shares the two cores with the services: a NIO client costs far less than URLSession.
+        let client = LoadClient(baseURL: url, connections: max(concurrency, 16))
+        defer { client.shutdown() }
         let users = (0..<customers).map { CustomerSample.customerID($0) }
 
         let tracker = try CompletionTracker(kafka: kafka, logger: logger)
@@ -79,7 +83,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
         print(String(format: "   %.0f inquiries/s end to end (HTTP request → insight on veil.insights.v1)", maxRate))
         print("   CPU ms per inquiry: " + ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(),
                                                          inquiries: tracker.completedCount - completedBefore))
-        try await Task.sleep(for: .seconds(3))  // drain
+        // Let the pipeline drain what ingress accepted beyond what it could answer.
+        let drainDeadline = ContinuousClock.now + .seconds(120)
+        while tracker.pending > 0 && ContinuousClock.now < drainDeadline { try await Task.sleep(for: .milliseconds(200)) }
 
         let rate = maxRate / 2
         print(String(format: "== latency at half the maximum: open loop at %.0f inquiries/s, %d s", rate, Int(seconds)))
@@ -94,7 +100,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
 
     // MARK: Phases
 
-    func closedLoop(client: IngressClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker) async throws -> Double {
+    func closedLoop(client: LoadClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker) async throws -> Double {
         let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         let warmup = ContinuousClock.now + .milliseconds(Int(seconds * 200))
         let counter = Counter(), failures = Counter()
@@ -108,8 +114,8 @@ struct PipelineBenchmark: AsyncParsableCommand {
                         i += concurrency
                         let sent = ContinuousClock.now
                         do {
-                            let status = try await client.inquire(device, userId: user, channel: "app")
-                            tracker.expect(status.id, sentAt: sent)
+                            let id = try await client.inquire(device, userId: user)
+                            tracker.expect(id, sentAt: sent)
                             counter.value.add(1, ordering: .relaxed)
                         } catch {
                             failures.value.add(1, ordering: .relaxed)
@@ -126,7 +132,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         return Double(done) / (end - warmup).seconds
     }
 
-    func openLoop(client: IngressClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker,
+    func openLoop(client: LoadClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker,
                   rate: Double) async throws -> (Double, Double, Int, Int) {
         let interval = Duration.nanoseconds(Int64(1e9 / max(1, rate)))
         let start = ContinuousClock.now
@@ -139,9 +145,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
                 let user = users[i % users.count]
                 group.addTask {
                     let sent = ContinuousClock.now
-                    guard let status = try? await client.inquire(device, userId: user, channel: "app") else { return nil }
-                    tracker.expect(status.id, sentAt: sent)
-                    return status.id
+                    guard let id = try? await client.inquire(device, userId: user) else { return nil }
+                    tracker.expect(id, sentAt: sent)
+                    return id
                 }
             }
             for try await id in group { if let id { ids.append(id) } }
@@ -219,6 +225,8 @@ final class CompletionTracker: Sendable {
     }
 
     var completedCount: Int { state.withLock { $0.done.count } }
+    /// Accepted inquiries not answered yet.
+    var pending: Int { state.withLock { state in state.sent.keys.filter { state.done[$0] == nil }.count } }
 
     func expect(_ id: String, sentAt: ContinuousClock.Instant) { state.withLock { $0.sent[id] = sentAt } }
 
@@ -317,7 +325,38 @@ struct CryptoBound: Sendable {
     }
 }
 
-enum BenchError: Error { case failed }
+enum BenchError: Error { case failed, status(Int) }
+
+/// A lean HTTP/1.1 client (AsyncHTTPClient on NIO, pooled keep-alive connections) for the load.
+struct LoadClient: Sendable {
+    let http: HTTPClient
+    let baseURL: String
+
+    init(baseURL: String, connections: Int) {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connections)
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        self.baseURL = baseURL
+    }
+
+    /// Sends a signed inquiry; returns its id on 202.
+    func inquire(_ device: DeviceIdentity, userId: String) async throws -> String {
+        let signed = try device.inquiry(userId: userId, channel: "app", appVersion: "1.0.0")
+        var request = HTTPClientRequest(url: baseURL + signed.path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: DeviceRequestSignature.header, value: signed.signature)
+        request.body = .bytes(ByteBuffer(bytes: signed.body))
+        let response = try await http.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 64 * 1024)
+        guard response.status.code == 202 else { throw BenchError.status(Int(response.status.code)) }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return try decoder.decode(InquiryStatus.self, from: Data(body.readableBytesView)).id
+    }
+
+    func shutdown() { try? http.syncShutdown() }
+}
 
 final class Counter: Sendable {
     let value = Atomic<Int>(0)

@@ -12,9 +12,8 @@ import VeilStore
 /// The merger process.
 public enum Merger {
     public static let runtime = ServiceRuntime(service: .merger, migrations: MergerHandler.migrations) { context in
-        EnvelopeStage(codec: context.codec, handler: MergerHandler(settings: try MergerHandler.Settings(context.configuration),
-                                                                   grants: context.grants, database: context.database,
-                                                                   logger: context.logger))
+        MergerHandler(settings: try MergerHandler.Settings(context.configuration), codec: context.codec,
+                      grants: context.grants, database: context.database, logger: context.logger)
     }
 }
 
@@ -23,7 +22,7 @@ public enum Merger {
 /// access info (sealed to the merger by ingress, forwarded unopened by every stage in
 /// between), and publishes the insight sealed to each configured downstream provider
 /// and/or saves it. The raw id, `P`, `A` and `encryptedId` never reach it.
-public struct MergerHandler: EnvelopeHandler {
+public struct MergerHandler: MessageHandler {
     public struct Settings: Sendable {
         public var providers: [String]
         public var publish: Bool
@@ -61,14 +60,31 @@ public struct MergerHandler: EnvelopeHandler {
             """),
     ]
 
+    /// A verified envelope and, unless merging it failed transiently in `prepare` (then
+    /// `handle` merges it again, with retries), the merged insight and whether the batch saved it.
+    public struct Input: Sendable {
+        let envelope: VerifiedEnvelope
+        let merged: Merged?
+    }
+
+    struct Merged: Sendable {
+        let insight: Insight
+        let payload: [UInt8]
+        let key: [UInt8]
+        var saved: Bool
+    }
+
     let settings: Settings
+    let codec: EnvelopeCodec
     let grants: GrantedKeys
     let database: Database
     let logger: Logger
     let grantWait: Duration
 
-    public init(settings: Settings, grants: GrantedKeys, database: Database, logger: Logger, grantWait: Duration = .seconds(5)) {
+    public init(settings: Settings, codec: EnvelopeCodec, grants: GrantedKeys, database: Database, logger: Logger,
+                grantWait: Duration = .seconds(5)) {
         self.settings = settings
+        self.codec = codec
         self.grants = grants
         self.database = database
         self.logger = logger
@@ -77,7 +93,56 @@ public struct MergerHandler: EnvelopeHandler {
 
     public static let stage = "merger"
 
-    public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+    /// Verifies and opens the batch, merges each inquiry, and saves the whole batch with
+    /// one statement (a failure leaves the saving to `handle`, one by one, with retries).
+    public func prepare(_ batch: [KafkaMessage]) async -> [Result<Input, StageError>] {
+        let verified = await codec.verifyForStage(batch)
+        var results: [Result<Input, StageError>] = []
+        results.reserveCapacity(batch.count)
+        for (message, result) in zip(batch, verified) {
+            switch result {
+            case .success(let envelope):
+                do {
+                    results.append(.success(Input(envelope: envelope, merged: try await merge(envelope, message: message))))
+                } catch let error as StageError where error.permanent {
+                    results.append(.failure(error))
+                } catch {
+                    results.append(.success(Input(envelope: envelope, merged: nil)))
+                }
+            case .failure(let error):
+                results.append(.failure(error))
+            }
+        }
+        guard settings.save else { return results }
+        do {
+            try await save(results.compactMap { try? $0.get().merged })
+        } catch {
+            logger.warning("batch save failed; saving one by one", metadata: ["error": "\(safeDescription(error))"])
+            return results
+        }
+        return results.map { result in
+            result.map { input in
+                var merged = input.merged
+                merged?.saved = true
+                return Input(envelope: input.envelope, merged: merged)
+            }
+        }
+    }
+
+    public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
+        var merged: Merged
+        if let done = input.merged { merged = done } else { merged = try await merge(input.envelope, message: message) }
+        if settings.save && !merged.saved {
+            try await save([merged])
+            merged.saved = true
+        }
+        guard settings.publish else { return [] }
+        let draft = EnvelopeDraft(id: .derived(from: input.envelope.header.id, stage: Self.stage), type: MessageType.insightPublished,
+                                  parts: [.sealed(PartLabel.insight, payload: merged.payload, to: settings.providers)])
+        return [try codec.message(draft, topic: Topic.insights.name, key: merged.key)]
+    }
+
+    func merge(_ envelope: VerifiedEnvelope, message: KafkaMessage) async throws -> Merged {
         guard envelope.header.type == MessageType.inquiryMatched,
               let matchBytes = envelope.payload(PartLabel.match), let accessBytes = envelope.payload(PartLabel.accessInfo),
               let match = try? ContractCoding.decode(MatchPayload.self, from: matchBytes),
@@ -100,20 +165,24 @@ public struct MergerHandler: EnvelopeHandler {
         let insight = Insight(inquiryId: inquiryID.description, matched: fields != nil, matchToken: match.token,
                               matchKeyVersion: match.matchKeyVersion, access: access, record: fields,
                               mergedAt: Date(timeIntervalSince1970: Double(envelope.header.createdAtMilliseconds) / 1000))
-        let payload = ContractCoding.encode(insight)
-        if settings.save {
-            // Idempotent: a redelivered inquiry finds its row already there.
-            try await database.client.query("""
-                INSERT INTO \(unescaped: database.table("insights"))
-                    (inquiry_id, matched, match_token, match_key_version, anonymized_device_id, insight)
-                VALUES (\(insight.inquiryId), \(insight.matched), \(ByteBuffer(bytes: match.token)), \(Int32(match.matchKeyVersion)),
-                        \(ByteBuffer(bytes: access.anonymizedDeviceId)), \(String(decoding: payload, as: UTF8.self))::jsonb)
-                ON CONFLICT (inquiry_id) DO NOTHING
-                """, logger: logger)
-        }
-        guard settings.publish else { return [] }
-        let draft = EnvelopeDraft(id: .derived(from: envelope.header.id, stage: Self.stage), type: MessageType.insightPublished,
-                                  parts: [.sealed(PartLabel.insight, payload: payload, to: settings.providers)])
-        return [try codec.message(draft, topic: Topic.insights.name, key: key)]
+        return Merged(insight: insight, payload: ContractCoding.encode(insight), key: key, saved: false)
+    }
+
+    /// Saves insights with one multi-row statement; idempotent (a redelivered inquiry finds its row).
+    func save(_ inputs: [Merged]) async throws {
+        guard !inputs.isEmpty else { return }
+        let ids = inputs.map(\.insight.inquiryId), matched = inputs.map(\.insight.matched)
+        let tokens = inputs.map { ByteBuffer(bytes: $0.insight.matchToken) }
+        let versions = inputs.map { Int32($0.insight.matchKeyVersion) }
+        let devices = inputs.map { ByteBuffer(bytes: $0.insight.anonymizedDeviceId) }
+        let documents = inputs.map { String(decoding: $0.payload, as: UTF8.self) }
+        try await database.client.query("""
+            INSERT INTO \(unescaped: database.table("insights"))
+                (inquiry_id, matched, match_token, match_key_version, anonymized_device_id, insight)
+            SELECT i, m, t, v, d, j::jsonb
+            FROM unnest(\(ids)::text[], \(matched)::bool[], \(tokens)::bytea[], \(versions)::int4[], \(devices)::bytea[], \(documents)::text[])
+                AS x(i, m, t, v, d, j)
+            ON CONFLICT (inquiry_id) DO NOTHING
+            """, logger: logger)
     }
 }
