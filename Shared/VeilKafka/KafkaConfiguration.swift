@@ -47,7 +47,7 @@ public struct ProducerConfiguration: Sendable {
         var p = kafka.baseProperties
         p["enable.idempotence"] = idempotent ? "true" : "false"
         if idempotent { p["acks"] = "all" }
-        p["linger.ms"] = String(lingerMilliseconds)
+        p["linger.ms"] = p["linger.ms"] ?? String(lingerMilliseconds)
         p["queue.buffering.max.messages"] = String(maxQueuedMessages)
         p["delivery.timeout.ms"] = String(deliveryTimeoutMilliseconds)
         if let transactionalID {

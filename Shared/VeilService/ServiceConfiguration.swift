@@ -116,6 +116,9 @@ public struct ServiceConfiguration: Sendable {
                               "merger: downstream providers the insights are sealed to (comma-separated key-directory parties)"),
         ConfigurationVariable("VEIL_MERGER_PUBLISH", default: "true", "merger: publish insights on veil.insights.v1"),
         ConfigurationVariable("VEIL_MERGER_SAVE", default: "true", "merger: save insights in its schema for future inquiries"),
+        ConfigurationVariable("KAFKA_FETCH_WAIT_MAX_MS",
+                              "Longest a fetch waits for data (librdkafka default 500). Real Kafka answers as soon as data arrives; librdkafka's mock cluster waits the full time, so the local stack sets 5"),
+        ConfigurationVariable("KAFKA_LINGER_MS", "How long the producer batches before sending (default 5)"),
         ConfigurationVariable("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext or sasl_ssl"),
         ConfigurationVariable("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
         ConfigurationVariable("KAFKA_SASL_USERNAME", "SASL user (one principal per service)"),
@@ -127,6 +130,8 @@ public struct ServiceConfiguration: Sendable {
 
     /// librdkafka properties taken from the environment.
     static let kafkaPassThrough: [(variable: String, property: String)] = [
+        ("KAFKA_FETCH_WAIT_MAX_MS", "fetch.wait.max.ms"),
+        ("KAFKA_LINGER_MS", "linger.ms"),
         ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
         ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
         ("KAFKA_SASL_USERNAME", "sasl.username"),

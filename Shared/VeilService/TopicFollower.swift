@@ -19,6 +19,8 @@ public struct TopicFollower: Service {
         var configuration = ConsumerConfiguration(kafka: kafka, groupID: "\(service.consumerGroup).\(suffix).\(UUID().uuidString.prefix(8))",
                                                   topics: [topic.name])
         configuration.offsetReset = .earliest
+        // Rare messages: long polls are fine (and cheap on the mock cluster, which always waits the full time).
+        configuration.kafka.properties["fetch.wait.max.ms"] = "500"
         configuration.maxBatchSize = 64
         consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         self.apply = apply

@@ -101,7 +101,7 @@ final class PipelineWorld: Sendable {
                 "DATABASE_URL": "postgres://\(role.username):\(role.password ?? "")@\(role.host):\(role.port)/\(role.database)",
                 "VEIL_KEYS_DIR": keysURL.path, "VEIL_ADMIN_HOST": "127.0.0.1", "VEIL_ADMIN_PORT": "0",
                 "VEIL_CREATE_TOPICS": "false", "VEIL_HTTP_PORT": String(port), "VEIL_VAULT_KEY_REFRESH_SECONDS": "1",
-                "VEIL_MAX_ATTEMPTS": "3",
+                "VEIL_MAX_ATTEMPTS": "3", "KAFKA_FETCH_WAIT_MAX_MS": "5",
             ].merging(settings) { $1 }
         }
         let world = PipelineWorld(cluster: cluster, keys: keys, admin: admin, roles: roles, ingressPort: port, environment: environment)
