@@ -38,6 +38,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
     @Option(help: "Customers to file first (and to ask about).") var customers = 10_000
     @Option(help: "Records for the filing measurement (0: skip).") var filingRecords = 100_000
     @Option(help: "Admin DATABASE_URL to count filed records (default: $DATABASE_URL).") var database: String?
+    @Flag(help: "Only measure ingress: accepted inquiries/s and HTTP latency (closed loop).") var ingressOnly = false
 
     func run() async throws {
         guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
@@ -48,6 +49,32 @@ struct PipelineBenchmark: AsyncParsableCommand {
         var logger = Logger(label: "veil-bench")
         logger.logLevel = .error
 
+        if ingressOnly {
+            let device = DeviceIdentity(deviceId: "bench-device-\(UUID().uuidString.prefix(8))")
+            try await IngressClient(baseURL: URL(string: url)!).enroll(device)
+            let client = LoadClient(baseURL: url, connections: max(concurrency, 16))
+            defer { client.shutdown() }
+            let latencies = Samples()
+            let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+            let concurrency = self.concurrency
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        while ContinuousClock.now < end {
+                            let start = ContinuousClock.now
+                            _ = try await client.inquire(device, userId: "C00000001")
+                            let ms = (ContinuousClock.now - start).seconds * 1000
+                            latencies.values.withLock { $0.append(ms) }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let sorted = latencies.values.withLock { $0 }.sorted()
+            print(String(format: "ingress only: %.0f accepted/s, p50 %.1f ms, p99 %.1f ms", Double(sorted.count) / seconds,
+                         sorted[sorted.count / 2], sorted[sorted.count * 99 / 100]))
+            return
+        }
         print("== crypto-only bound (all \(ProcessInfo.processInfo.activeProcessorCount) cores, 3 s)")
         let bound = try await CryptoBound(folder: folder).run(seconds: 3)
         print(String(format: "   %.0f inquiries/s", bound))
@@ -356,6 +383,10 @@ struct LoadClient: Sendable {
     }
 
     func shutdown() { try? http.syncShutdown() }
+}
+
+final class Samples: Sendable {
+    let values = Mutex<[Double]>([])
 }
 
 final class Counter: Sendable {

@@ -43,6 +43,12 @@ public final class ServiceMetrics: Sendable {
                                        buckets: Self.latencyBuckets).record(duration)
     }
 
+    /// One consumed batch: how many messages the stage took at once.
+    public func batch(size: Int) {
+        registry.makeCounter(descriptor: Self.batches, labels: []).increment()
+        registry.makeCounter(descriptor: Self.batchedMessages, labels: []).increment(by: Int64(size))
+    }
+
     /// Consumer lag per partition.
     public func recordLag(_ lag: [TopicPartition: Int64]) {
         lagGauges.withLock { gauges in
@@ -74,6 +80,10 @@ public final class ServiceMetrics: Sendable {
                                                   helpText: "Messages sent to <topic>.dlq, by source topic") }
     static var processingDuration: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "processing_duration", unitName: "seconds",
                                                          helpText: "From taking a message to its outputs being acknowledged") }
+    static var batches: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "stage_batches", unitName: "total",
+                                              helpText: "Batches the stage took from its consumer") }
+    static var batchedMessages: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "stage_batched_messages", unitName: "total",
+                                                      helpText: "Messages in those batches (divide by veil_stage_batches_total for the mean size)") }
     static var consumerLag: MetricNameDescriptor { MetricNameDescriptor(namespace: "veil", metricName: "consumer_lag", unitName: "messages",
                                                   helpText: "Messages behind the high watermark, per partition") }
 

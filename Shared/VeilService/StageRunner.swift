@@ -53,7 +53,10 @@ extension MessageHandler where Input == KafkaMessage {
 }
 
 /// The stage loop: consume → handle → produce → mark processed, with retries and
-/// dead letters.
+/// dead letters. Up to `maxBatchesInFlight` batches' outputs await their
+/// acknowledgements while the next batches are handled (a batch is marked processed
+/// only after every earlier one), so a stage is not limited to one batch per
+/// produce round trip.
 ///
 /// A batch's outputs are produced and acknowledged before the batch's offsets are
 /// stored, so a crash in between redelivers the inputs and the handler produces
@@ -69,9 +72,12 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
     let maxAttempts: Int
     let retryBackoff: Duration
     let logger: Logger
+    /// Batches whose outputs may await acknowledgement while the next ones are handled.
+    let maxBatchesInFlight: Int
 
     public init(name: String, consumer: KafkaConsumer, producer: KafkaProducer, handler: Handler,
-                metrics: ServiceMetrics, maxAttempts: Int = 5, retryBackoff: Duration = .milliseconds(200), logger: Logger) {
+                metrics: ServiceMetrics, maxAttempts: Int = 5, retryBackoff: Duration = .milliseconds(200),
+                maxBatchesInFlight: Int = 8, logger: Logger) {
         self.name = name
         self.consumer = consumer
         self.producer = producer
@@ -79,22 +85,33 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
         self.metrics = metrics
         self.maxAttempts = max(1, maxAttempts)
         self.retryBackoff = retryBackoff
+        self.maxBatchesInFlight = max(1, maxBatchesInFlight)
         self.logger = logger
     }
 
     public func run() async throws {
         let consumer = self.consumer
-        try await withGracefulShutdownHandler {
-            var lastLagReport = ContinuousClock.now
-            while let batch = try await consumer.nextBatch() {
-                try await process(batch)
-                if ContinuousClock.now - lastLagReport > .seconds(5) {
-                    metrics.recordLag(consumer.lag())
-                    lastLagReport = .now
+        var inFlight: [Task<Void, any Error>] = []
+        do {
+            try await withGracefulShutdownHandler {
+                var lastLagReport = ContinuousClock.now
+                while let batch = try await consumer.nextBatch() {
+                    inFlight.append(try await process(batch, after: inFlight.last))
+                    // A bounded window of batches awaiting acknowledgements; the oldest must finish first.
+                    while inFlight.count > maxBatchesInFlight { try await inFlight.removeFirst().value }
+                    if ContinuousClock.now - lastLagReport > .seconds(5) {
+                        metrics.recordLag(consumer.lag())
+                        lastLagReport = .now
+                    }
                 }
+            } onGracefulShutdown: {
+                consumer.stopReading()
             }
-        } onGracefulShutdown: {
-            consumer.stopReading()
+            for task in inFlight { try await task.value }
+        } catch {
+            for task in inFlight { _ = await task.result }
+            await consumer.close()
+            throw error
         }
         await consumer.close()
         logger.info("stage stopped", metadata: ["stage": "\(name)"])
@@ -102,8 +119,16 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
 
     /// Handles one batch and stores its offsets once its outputs are acknowledged.
     public func process(_ batch: [KafkaMessage]) async throws {
+        try await process(batch, after: nil).value
+    }
+
+    /// Handles one batch now and returns the task that waits for its outputs'
+    /// acknowledgements and then marks it processed — after `previous` did, so offsets
+    /// move forward in order even though several batches' outputs are in flight at once.
+    func process(_ batch: [KafkaMessage], after previous: Task<Void, any Error>?) async throws -> Task<Void, any Error> {
         var outputs: [OutgoingMessage] = []
         let started = ContinuousClock.now
+        metrics.batch(size: batch.count)
         let prepared = await handler.prepare(batch)
         for (message, input) in zip(batch, prepared) {
             metrics.messageIn(topic: message.topic)
@@ -117,11 +142,15 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
                 outputs.append(deadLetter(message, code: error.code, reason: error.reason, attempts: 1))
             }
         }
-        try await produceUntilAcknowledged(outputs)
-        for output in outputs { metrics.messageOut(topic: output.topic) }
-        consumer.markProcessed(batch)
-        let now = ContinuousClock.now
-        for message in batch { metrics.processing(now - started, topic: message.topic) }
+        let ready = outputs
+        return Task {
+            try await produceUntilAcknowledged(ready)
+            try await previous?.value
+            for output in ready { metrics.messageOut(topic: output.topic) }
+            consumer.markProcessed(batch)
+            let now = ContinuousClock.now
+            for message in batch { metrics.processing(now - started, topic: message.topic) }
+        }
     }
 
     private func handleWithRetries(_ input: Handler.Input, message: KafkaMessage) async -> [OutgoingMessage] {
