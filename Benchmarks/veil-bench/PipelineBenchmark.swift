@@ -45,7 +45,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
             throw ValidationError("set --brokers or KAFKA_BROKERS")
         }
         let folder = KeyFolder(url: URL(fileURLWithPath: keys))
-        let kafka = KafkaConfiguration(bootstrapServers: brokers, clientID: "veil-bench")
+        // The same fetch wait as the services (the local stack sets 5 ms for the mock cluster).
+        let fetchWait = ProcessInfo.processInfo.environment["KAFKA_FETCH_WAIT_MAX_MS"].map { ["fetch.wait.max.ms": $0] } ?? [:]
+        let kafka = KafkaConfiguration(bootstrapServers: brokers, clientID: "veil-bench", properties: fetchWait)
         var logger = Logger(label: "veil-bench")
         logger.logLevel = .error
 
