@@ -82,7 +82,7 @@ struct RecordFiling: Sendable {
     let database: Database
     let logger: Logger
 
-    struct Row {
+    struct Row: Sendable {
         var ref: [UInt8]
         var encryptedA: [UInt8]
         var record: EncryptedRecord
@@ -90,16 +90,27 @@ struct RecordFiling: Sendable {
         var tokens: [(token: [UInt8], version: UInt32)]
     }
 
-    static func customerRef(_ a: some DataProtocol, archive: VersionedKey) -> [UInt8] { archive.derived("veil.customer-ref.v1").hash(a) }
 
-    static func row(_ record: UpstreamRecord, kT: VersionedKey, archive: VersionedKey, recordKey: VersionedKey,
+    /// `archive`'s two subkeys, derived once per batch.
+    struct ArchiveKeys: Sendable {
+        let archive: VersionedKey
+        let reference: VersionedKey
+        let fingerprint: VersionedKey
+        init(_ archive: VersionedKey) {
+            self.archive = archive
+            reference = archive.derived("veil.customer-ref.v1")
+            fingerprint = archive.derived("veil.record-fingerprint.v1")
+        }
+    }
+
+    static func row(_ record: UpstreamRecord, kT: VersionedKey, archive: ArchiveKeys, recordKey: VersionedKey,
                     matchKeys: [VersionedKey]) throws -> Row {
         let a = kT.hash(record.pseudonym)
-        let ref = customerRef(a, archive: archive)
+        let ref = archive.reference.hash(a)
         let fields = ContractCoding.encode(record.fields)
-        return Row(ref: ref, encryptedA: try archive.seal(a, aad: ref),
-                   record: try RecordCipher.seal(record.fields, with: recordKey),
-                   fingerprint: archive.derived("veil.record-fingerprint.v1").hash(fields),
+        return Row(ref: ref, encryptedA: try archive.archive.seal(a, aad: ref),
+                   record: try RecordCipher.seal(json: fields, with: recordKey),
+                   fingerprint: archive.fingerprint.hash(fields),
                    tokens: matchKeys.map { ($0.hash(a), $0.version) })
     }
 
@@ -107,11 +118,23 @@ struct RecordFiling: Sendable {
         guard let kT = keys.current(.thirdPartyHash), let archive = keys.current(.archive), let recordKey = keys.current(.record),
               keys.current(.match) != nil else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
         let matchKeys = keys.usable(.match)
-        var rows: [[UInt8]: Row] = [:]
-        for record in records where record.pseudonym.count == 32 {
-            let row = try Self.row(record, kT: kT, archive: archive, recordKey: recordKey, matchKeys: matchKeys)
-            rows[row.ref] = row  // the last copy of a customer in a batch wins
+        let archiveKeys = ArchiveKeys(archive)
+        // The per-record hashing and sealing runs on every core.
+        let valid = records.filter { $0.pseudonym.count == 32 }
+        let chunkSize = max(64, valid.count / max(1, ProcessInfo.processInfo.activeProcessorCount))
+        let computed = try await withThrowingTaskGroup(of: (Int, [Row]).self) { group in
+            for start in stride(from: 0, to: valid.count, by: chunkSize) {
+                let chunk = valid[start..<min(start + chunkSize, valid.count)]
+                group.addTask {
+                    (start, try chunk.map { try Self.row($0, kT: kT, archive: archiveKeys, recordKey: recordKey, matchKeys: matchKeys) })
+                }
+            }
+            var parts: [(Int, [Row])] = []
+            for try await part in group { parts.append(part) }
+            return parts.sorted { $0.0 < $1.0 }.flatMap(\.1)
         }
+        var rows: [[UInt8]: Row] = [:]
+        for row in computed { rows[row.ref] = row }  // the last copy of a customer in a batch wins
         guard !rows.isEmpty else { return }
         let list = Array(rows.values)
         let refs = list.map { ByteBuffer(bytes: $0.ref) }

@@ -35,20 +35,28 @@ public enum PartLabel {
 /// JSON coding of every decrypted payload: bytes as base64, dates as milliseconds
 /// since 1970, keys sorted. The JSON Schemas in docs/asyncapi.yaml describe these.
 public enum ContractCoding {
-    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+    // Configured once and never mutated afterwards, so sharing them across threads is safe.
+    nonisolated(unsafe) private static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .millisecondsSince1970
         encoder.dataEncodingStrategy = .base64
-        // Only plain values are encoded; this cannot fail.
-        return (try? Array(encoder.encode(value))) ?? []
-    }
-
-    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        return encoder
+    }()
+    nonisolated(unsafe) private static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .millisecondsSince1970
         decoder.dataDecodingStrategy = .base64
-        return try decoder.decode(type, from: Data(bytes))
+        return decoder
+    }()
+
+    public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        // Only plain values are encoded; this cannot fail.
+        (try? Array(encoder.encode(value))) ?? []
+    }
+
+    public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        try decoder.decode(type, from: Data(bytes))
     }
 }
 

@@ -11,8 +11,13 @@ public enum RecordCipher {
     static let dataKeyAAD = Array("veil.record-data-key.v1".utf8)
 
     public static func seal(_ fields: [String: String], with recordKey: VersionedKey) throws -> EncryptedRecord {
+        try seal(json: ContractCoding.encode(fields), with: recordKey)
+    }
+
+    /// Seals a record's JSON as `ContractCoding` encoded it.
+    public static func seal(json: [UInt8], with recordKey: VersionedKey) throws -> EncryptedRecord {
         let dataKey = VersionedKey.generate(version: 0)
-        let ciphertext = try dataKey.seal(ContractCoding.encode(fields), aad: recordAAD)
+        let ciphertext = try dataKey.seal(json, aad: recordAAD)
         let wrapped = try recordKey.seal(dataKey.rawBytes, aad: dataKeyAAD)
         return EncryptedRecord(recordKeyVersion: recordKey.version, wrappedDataKey: Data(wrapped), ciphertext: Data(ciphertext))
     }

@@ -9,44 +9,61 @@ import VeilKafka
 public final class ServiceMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let lagGauges = Mutex<[TopicPartition: Gauge]>([:])
+    /// Counters and histograms resolved once per name and label value: the registry's
+    /// lookup builds strings and takes a lock, which showed up per message.
+    private let counters = Mutex<[String: Counter]>([:])
+    private let histograms = Mutex<[String: DurationHistogram]>([:])
+
+    private func counter(_ descriptor: MetricNameDescriptor, _ label: (String, String)? = nil) -> Counter {
+        let key = descriptor.metricName + "|" + (label?.1 ?? "")
+        if let existing = counters.withLock({ $0[key] }) { return existing }
+        let made = registry.makeCounter(descriptor: descriptor, labels: label.map { [$0] } ?? [])
+        counters.withLock { $0[key] = made }
+        return made
+    }
 
     public init() {}
 
     /// Messages consumed from `topic`.
     public func messageIn(topic: String, count: Int = 1) {
-        registry.makeCounter(descriptor: Self.messagesIn, labels: [("topic", topic)]).increment(by: Int64(count))
+        counter(Self.messagesIn, ("topic", topic)).increment(by: Int64(count))
     }
 
     /// Messages produced to `topic`.
     public func messageOut(topic: String, count: Int = 1) {
-        registry.makeCounter(descriptor: Self.messagesOut, labels: [("topic", topic)]).increment(by: Int64(count))
+        counter(Self.messagesOut, ("topic", topic)).increment(by: Int64(count))
     }
 
     /// A failure, by its stable error code.
     public func error(code: String) {
-        registry.makeCounter(descriptor: Self.errors, labels: [("code", code)]).increment()
+        counter(Self.errors, ("code", code)).increment()
     }
 
     /// A duplicate (an id already applied) dropped without effect.
     public func duplicateDropped(topic: String) {
-        registry.makeCounter(descriptor: Self.duplicates, labels: [("topic", topic)]).increment()
+        counter(Self.duplicates, ("topic", topic)).increment()
     }
 
     /// A message sent to a dead-letter topic.
     public func deadLettered(topic: String) {
-        registry.makeCounter(descriptor: Self.deadLetters, labels: [("topic", topic)]).increment()
+        counter(Self.deadLetters, ("topic", topic)).increment()
     }
 
     /// Time from taking a message to having its effects acknowledged.
     public func processing(_ duration: Duration, topic: String) {
-        registry.makeDurationHistogram(descriptor: Self.processingDuration, labels: [("topic", topic)],
-                                       buckets: Self.latencyBuckets).record(duration)
+        let histogram = histograms.withLock { $0[topic] } ?? {
+            let made = registry.makeDurationHistogram(descriptor: Self.processingDuration, labels: [("topic", topic)],
+                                                      buckets: Self.latencyBuckets)
+            histograms.withLock { $0[topic] = made }
+            return made
+        }()
+        histogram.record(duration)
     }
 
     /// One consumed batch: how many messages the stage took at once.
     public func batch(size: Int) {
-        registry.makeCounter(descriptor: Self.batches, labels: []).increment()
-        registry.makeCounter(descriptor: Self.batchedMessages, labels: []).increment(by: Int64(size))
+        counter(Self.batches).increment()
+        counter(Self.batchedMessages).increment(by: Int64(size))
     }
 
     /// Consumer lag per partition.
