@@ -134,7 +134,7 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
             metrics.messageIn(topic: message.topic)
             switch input {
             case .success(let input):
-                outputs += await handleWithRetries(input, message: message)
+                outputs += try await handleWithRetries(input, message: message)
             case .failure(let error) where error.duplicate:
                 metrics.duplicateDropped(topic: message.topic)
                 logger.debug("duplicate dropped", metadata: ["message.id": "\(message.headerString("ce_id") ?? "-")"])
@@ -153,7 +153,10 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
         }
     }
 
-    private func handleWithRetries(_ input: Handler.Input, message: KafkaMessage) async -> [OutgoingMessage] {
+    /// Retries transient failures; dead-letters permanent ones and those that keep failing.
+    /// A failure while the stage is being cancelled (a crash-like stop) is neither: the
+    /// batch is abandoned unmarked and redelivered, never dead-lettered.
+    private func handleWithRetries(_ input: Handler.Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
         var attempt = 0
         while true {
             attempt += 1
@@ -162,6 +165,7 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
             } catch let error as StageError where error.permanent {
                 return [deadLetter(message, code: error.code, reason: error.reason, attempts: attempt)]
             } catch {
+                if Task.isCancelled || error is CancellationError { throw CancellationError() }
                 let (code, reason) = Self.describe(error)
                 if attempt >= maxAttempts {
                     return [deadLetter(message, code: code, reason: reason, attempts: attempt)]  // counts the error

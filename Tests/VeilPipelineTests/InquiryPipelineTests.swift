@@ -196,6 +196,9 @@ extension PipelineSuites {
             // …and nothing arrives twice: the whole topic, read again, holds one insight per inquiry.
             let everything = try await world.readAll([Topic.insights.name], idle: .seconds(5))
             #expect(everything.count == sent.count, "no inquiry duplicated downstream")
+            // A crash is not a failure of the messages in hand: nothing was dead-lettered for it.
+            let deadLetters = [Topic.inquiriesTokenized, .inquiriesMatched].map(\.deadLetter.name)
+            #expect(try await world.readAll(deadLetters, firstWait: .seconds(5)).isEmpty, "nothing dead-lettered by the crash")
             #expect(Set(insights.map(\.inquiryId)) == Set(sent.keys))
             #expect(insights.allSatisfy { $0.matched })
             await world.stop()
