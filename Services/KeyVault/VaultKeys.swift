@@ -185,13 +185,6 @@ public final class VaultKeyStore: Sendable {
         }
     }
 
-    /// Sets the status of one version.
-    public func setStatus(_ purpose: VaultKeyPurpose, version: UInt32, _ status: VaultKeyStatus) async throws {
-        try await database.client.query("""
-            UPDATE \(unescaped: table) SET status = \(status.rawValue) WHERE purpose = \(purpose.rawValue) AND version = \(Int32(version))
-            """, logger: logger)
-    }
-
     var table: String { database.table("vault_keys") }
 
     private func seal(_ key: VersionedKey, purpose: VaultKeyPurpose) throws -> [UInt8] {

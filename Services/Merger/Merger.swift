@@ -28,12 +28,6 @@ public struct MergerHandler: MessageHandler {
         public var publish: Bool
         public var save: Bool
 
-        public init(providers: [String], publish: Bool, save: Bool) {
-            self.providers = providers
-            self.publish = publish
-            self.save = save
-        }
-
         public init(_ configuration: ServiceConfiguration) throws {
             providers = (configuration.setting("VEIL_MERGER_PROVIDERS") ?? "").split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

@@ -99,15 +99,6 @@ public struct KeyFolder: Sendable {
         return KeyRing(keys)
     }
 
-    /// Adds version N+1 of a symmetric secret and returns it (used for new data at once).
-    @discardableResult
-    public func rotateSecret(party: String, name: String) throws(KeyError) -> UInt32 {
-        let version = ((try? secret(party: party, name: name))?.versions.keys.max() ?? 0) + 1
-        try writeSecret(Data(VersionedKey.generate(version: version).rawBytes).base64EncodedString(),
-                        party: party, file: "\(name).v\(version).secret")
-        return version
-    }
-
     /// Loads a party's identity from its folder.
     public func identity(_ party: String) throws(KeyError) -> ServiceIdentity {
         try ServiceIdentity.load(name: party, from: url)

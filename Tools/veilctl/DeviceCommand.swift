@@ -110,7 +110,6 @@ struct InquiryLoad: Sendable {
         var accepted = 0
         var failed: [String: Int] = [:]
         var latencies: [Double] = []
-        var ids: [String] = []
 
         func percentile(_ p: Double) -> Double {
             guard !latencies.isEmpty else { return 0 }
@@ -140,7 +139,7 @@ struct InquiryLoad: Sendable {
             while let (latency, result) = try await group.next() {
                 results.latencies.append(latency)
                 switch result {
-                case .success(let id): results.accepted += 1; results.ids.append(id)
+                case .success: results.accepted += 1
                 case .failure(let failure): results.failed[failure.code, default: 0] += 1
                 }
                 progress(results.latencies.count)
