@@ -65,6 +65,7 @@ public struct MatcherHandler: MessageHandler {
                       let opened = envelope.payload(PartLabel.matchToken),
                       let token = try? ContractCoding.decode(MatchTokenPayload.self, from: opened), token.token.count == 32,
                       let access = envelope.part(PartLabel.accessInfo) else {
+                    codec.release(envelope)
                     return .failure(.permanent("matcher.bad_payload", "not a tokenized inquiry"))
                 }
                 return .success((envelope, token, access))
@@ -84,6 +85,8 @@ public struct MatcherHandler: MessageHandler {
             }
         }
     }
+
+    public func gaveUp(on input: Input) { codec.release(input.envelope) }
 
     public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
         let record: EncryptedRecord?

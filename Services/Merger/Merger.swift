@@ -99,6 +99,7 @@ public struct MergerHandler: MessageHandler {
                 do {
                     results.append(.success(Input(envelope: envelope, merged: try await merge(envelope, message: message))))
                 } catch let error as StageError where error.permanent {
+                    codec.release(envelope)
                     results.append(.failure(error))
                 } catch {
                     results.append(.success(Input(envelope: envelope, merged: nil)))
@@ -122,6 +123,8 @@ public struct MergerHandler: MessageHandler {
             }
         }
     }
+
+    public func gaveUp(on input: Input) { codec.release(input.envelope) }
 
     public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
         var merged: Merged

@@ -81,18 +81,25 @@ public struct EnvelopeVerifier: Sendable {
         let (expiry, overflow) = created.addingReportingOverflow(skew)
         guard replayWindow.recordIfNew(header.id, expiresAt: overflow ? .max : expiry, now: now) else { throw .replayed }
 
-        var opened: [String: [UInt8]] = [:]
-        var addressed = false
-        for part in envelope.parts {
-            let ours = part.recipients.indices.filter { part.recipients[$0].keyID == identity.encryptionKeyID }
-            guard !ours.isEmpty else { continue }
-            addressed = true
-            guard let index = ours.first(where: { identity.encryptionKeys[part.recipients[$0].version] != nil }),
-                  let key = identity.encryptionKeys[part.recipients[index].version] else { throw .openFailed }
-            opened[part.label] = try part.open(asRecipient: index, with: key)
+        do throws(EnvelopeError) {
+            var opened: [String: [UInt8]] = [:]
+            var addressed = false
+            for part in envelope.parts {
+                let ours = part.recipients.indices.filter { part.recipients[$0].keyID == identity.encryptionKeyID }
+                guard !ours.isEmpty else { continue }
+                addressed = true
+                guard let index = ours.first(where: { identity.encryptionKeys[part.recipients[$0].version] != nil }),
+                      let key = identity.encryptionKeys[part.recipients[index].version] else { throw .openFailed }
+                opened[part.label] = try part.open(asRecipient: index, with: key)
+            }
+            guard addressed else { throw .notARecipient }
+            return VerifiedEnvelope(header: header, parts: envelope.parts, opened: opened)
+        } catch {
+            // Not accepted after all (e.g. sealed to a key version this process does not
+            // hold yet): a replay once it does must not be refused as a duplicate.
+            replayWindow.forget(header.id)
+            throw error
         }
-        guard addressed else { throw .notARecipient }
-        return VerifiedEnvelope(header: header, parts: envelope.parts, opened: opened)
     }
 
     static func milliseconds(_ date: Date) -> UInt64 {

@@ -32,6 +32,11 @@ public final class ReplayWindow: Sendable {
     /// How many ids are remembered now.
     public var count: Int { state.withLock { $0.expiries.count } }
 
+    /// Forgets `id`, so it is accepted again (its message was given up, not applied).
+    public func forget(_ id: MessageID) {
+        state.withLock { _ = $0.expiries.removeValue(forKey: id) }
+    }
+
     /// Records `id` and returns true, or returns false if it is already
     /// remembered and not yet expired.
     func recordIfNew(_ id: MessageID, expiresAt expiry: UInt64, now: UInt64) -> Bool {

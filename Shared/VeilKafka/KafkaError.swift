@@ -45,6 +45,9 @@ public struct KafkaError: Error, Sendable, Hashable, CustomStringConvertible {
     public static func timedOut(_ reason: String) -> KafkaError {
         KafkaError(code: "kafka.timed_out", reason: reason, isRetriable: true)
     }
+    public static func unknownTopic(_ topic: String) -> KafkaError {
+        KafkaError(code: "kafka.unknown_topic", reason: "the cluster has no topic \(topic)")
+    }
     public static func cancelled() -> KafkaError {
         KafkaError(code: "kafka.cancelled", reason: "the operation was cancelled")
     }

@@ -21,13 +21,19 @@ public struct OutgoingMessage: Sendable {
     public var headers: [KafkaHeader]
     /// An explicit partition, or `nil` to let the key choose (murmur2, as the Java client).
     public var partition: Int32?
+    /// The record's create time in milliseconds since the Unix epoch, or `nil` for now.
+    /// Set only when re-producing a record that must keep its original time (a
+    /// dead-letter replay), since consumers judge freshness against it.
+    public var timestampMilliseconds: Int64?
 
-    public init(topic: String, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = [], partition: Int32? = nil) {
+    public init(topic: String, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = [], partition: Int32? = nil,
+                timestampMilliseconds: Int64? = nil) {
         self.topic = topic
         self.key = key
         self.value = value
         self.headers = headers
         self.partition = partition
+        self.timestampMilliseconds = timestampMilliseconds
     }
 }
 

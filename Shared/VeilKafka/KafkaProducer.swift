@@ -112,7 +112,7 @@ public final class KafkaProducer: Service, Sendable {
         let partition = message.partition ?? RD_KAFKA_PARTITION_UA
         let err: rd_kafka_resp_err_t = message.value.withUnsafeBytes { value in
             withOptionalBytes(message.key) { key in
-                if message.headers.isEmpty {
+                if message.headers.isEmpty && message.timestampMilliseconds == nil {
                     // The plain path avoids building a varargs list for the common case.
                     let rc = rd_kafka_produce(topic.pointer, partition, RD_KAFKA_MSG_F_COPY,
                                               UnsafeMutableRawPointer(mutating: value.baseAddress), value.count,
@@ -152,6 +152,12 @@ public final class KafkaProducer: Service, Sendable {
         vus[4].u.ptr = opaque
         vus[5].vtype = RD_KAFKA_VTYPE_HEADERS
         vus[5].u.headers = headers
+        if let timestamp = message.timestampMilliseconds {
+            var at = rd_kafka_vu_t()
+            at.vtype = RD_KAFKA_VTYPE_TIMESTAMP
+            at.u.i64 = timestamp
+            vus.append(at)
+        }
         var flags = rd_kafka_vu_t()
         flags.vtype = RD_KAFKA_VTYPE_MSGFLAGS
         flags.u.i = RD_KAFKA_MSG_F_COPY

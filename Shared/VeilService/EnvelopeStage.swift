@@ -42,6 +42,13 @@ public struct EnvelopeCodec: Sendable {
 }
 
 extension EnvelopeCodec {
+    /// Forgets that `envelope` was accepted: it is going to the dead-letter topic, never
+    /// applied, so a replay of it after a fix (`veilctl dlq replay`) must not be refused
+    /// as a duplicate. Its effects, if any ever happen, stay idempotent by id.
+    public func release(_ envelope: VerifiedEnvelope) {
+        verifier.replayWindow.forget(envelope.header.id)
+    }
+
     /// `verify(_:)` with envelope errors as stage errors: a replayed id is a duplicate
     /// (dropped), anything else is permanent (dead-lettered with the envelope error code).
     public func verifyForStage(_ batch: [KafkaMessage]) async -> [Result<VerifiedEnvelope, StageError>] {
@@ -83,4 +90,6 @@ public struct EnvelopeStage<Handler: EnvelopeHandler>: MessageHandler {
     public func handle(_ input: VerifiedEnvelope, message: KafkaMessage) async throws -> [OutgoingMessage] {
         try await handler.handle(input, message: message, codec: codec)
     }
+
+    public func gaveUp(on input: VerifiedEnvelope) { codec.release(input) }
 }

@@ -129,7 +129,7 @@ public struct ServiceConfiguration: Sendable {
     ]
 
     /// librdkafka properties taken from the environment.
-    static let kafkaPassThrough: [(variable: String, property: String)] = [
+    public static let kafkaPassThrough: [(variable: String, property: String)] = [
         ("KAFKA_FETCH_WAIT_MAX_MS", "fetch.wait.max.ms"),
         ("KAFKA_LINGER_MS", "linger.ms"),
         ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),

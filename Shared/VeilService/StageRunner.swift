@@ -39,11 +39,18 @@ public struct StageError: Error, Sendable, CustomStringConvertible {
 /// (`MessageID.derived(from:stage:)`) so a retry produces the same ids.
 ///
 /// `prepare` runs once per batch (e.g. verifying envelopes in parallel) and is not
-/// retried; `handle` is retried on transient failures.
+/// retried; `handle` is retried on transient failures. `gaveUp(on:)` is told when a
+/// prepared input goes to the dead-letter topic instead (e.g. to forget its id, so a
+/// replay after a fix is not refused as a duplicate of something never applied).
 public protocol MessageHandler: Sendable {
     associatedtype Input: Sendable = KafkaMessage
     func prepare(_ batch: [KafkaMessage]) async -> [Result<Input, StageError>]
     func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage]
+    func gaveUp(on input: Input)
+}
+
+extension MessageHandler {
+    public func gaveUp(on input: Input) {}
 }
 
 extension MessageHandler where Input == KafkaMessage {
@@ -163,11 +170,13 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
             do {
                 return try await handler.handle(input, message: message)
             } catch let error as StageError where error.permanent {
+                handler.gaveUp(on: input)
                 return [deadLetter(message, code: error.code, reason: error.reason, attempts: attempt)]
             } catch {
                 if Task.isCancelled || error is CancellationError { throw CancellationError() }
                 let (code, reason) = Self.describe(error)
                 if attempt >= maxAttempts {
+                    handler.gaveUp(on: input)
                     return [deadLetter(message, code: code, reason: reason, attempts: attempt)]  // counts the error
                 }
                 metrics.error(code: code)
@@ -179,7 +188,9 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
         }
     }
 
-    /// The dead-letter copy: the original key, value and headers, plus why it failed and where from.
+    /// The dead-letter copy: the original key, value and headers, plus why it failed and
+    /// where from (`DeadLetterHeader`), including the original record time, so a replay
+    /// is judged fresh or stale exactly as the original was.
     func deadLetter(_ message: KafkaMessage, code: String, reason: String, attempts: Int) -> OutgoingMessage {
         metrics.error(code: code)
         metrics.deadLettered(topic: message.topic)
@@ -187,13 +198,14 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
             "stage": "\(name)", "message.id": "\(message.headerString("ce_id") ?? "-")", "error.code": "\(code)",
             "topic": "\(message.topic)", "partition": "\(message.partition)", "offset": "\(message.offset)"])
         return OutgoingMessage(topic: message.topic + ".dlq", key: message.key, value: message.value, headers: message.headers + [
-            KafkaHeader(name: "veil_dlq_code", string: code),
-            KafkaHeader(name: "veil_dlq_reason", string: reason),
-            KafkaHeader(name: "veil_dlq_stage", string: name),
-            KafkaHeader(name: "veil_dlq_topic", string: message.topic),
-            KafkaHeader(name: "veil_dlq_partition", string: String(message.partition)),
-            KafkaHeader(name: "veil_dlq_offset", string: String(message.offset)),
-            KafkaHeader(name: "veil_dlq_attempts", string: String(attempts)),
+            KafkaHeader(name: DeadLetterHeader.code, string: code),
+            KafkaHeader(name: DeadLetterHeader.reason, string: reason),
+            KafkaHeader(name: DeadLetterHeader.stage, string: name),
+            KafkaHeader(name: DeadLetterHeader.topic, string: message.topic),
+            KafkaHeader(name: DeadLetterHeader.partition, string: String(message.partition)),
+            KafkaHeader(name: DeadLetterHeader.offset, string: String(message.offset)),
+            KafkaHeader(name: DeadLetterHeader.attempts, string: String(attempts)),
+            KafkaHeader(name: DeadLetterHeader.timestamp, string: String(message.timestampMilliseconds)),
         ])
     }
 

@@ -105,3 +105,60 @@ struct EnvelopeOverKafkaTests {
         await producer.close()
     }
 }
+
+/// Fails permanently until `fixed` is set; then forwards to `<topic>.out` under a derived id.
+struct FixableStage: EnvelopeHandler {
+    let switches = Attempts()  // "fixed" counts once the bug is fixed
+    var fixed: Bool { switches["fixed"] > 0 }
+    func fix() { switches.count("fixed") }
+    let applied = Attempts()
+    func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        guard fixed else { throw StageError.permanent("test.not_fixed", "the bug is still there") }
+        applied.count(envelope.header.id.description)
+        return [OutgoingMessage(topic: message.topic + ".out", key: message.key, value: Array(envelope.header.id.description.utf8))]
+    }
+}
+
+@Suite("Replaying dead letters", .timeLimit(.minutes(2)))
+struct DeadLetterReplayTests {
+    @Test("a replay after the fix is applied by the same running stage, keeps its original time (not stale though older than the skew), and a second replay is dropped")
+    func replayKeepsIdAndTime() async throws {
+        let keys = try KeyFolder.createDevelopmentKeys(at: FileManager.default.temporaryDirectory.appendingPathComponent("veil-keys-\(UUID())"))
+        let kafka = try Kafka()
+        let topic = "veil.inquiries.received.v1"
+        for name in [topic, topic + ".dlq", topic + ".out"] { try kafka.cluster.createTopic(name, partitions: 1) }
+        let producer = try kafka.producer()
+        let ingress = EnvelopeCodec(identity: try keys.identity("ingress"), directory: try keys.directoryStore())
+        let sent = try ingress.message(EnvelopeDraft(type: "veil.inquiry.received.v1", parts: [
+            .sealed("pseudonym", payload: [1, 2, 3], to: ["anonymizer"]),
+        ]), topic: topic, key: Array("inq-1".utf8))
+        try await producer.send(sent)
+
+        // A two-second freshness window, so the replay below comes later than it allows.
+        let codec = EnvelopeCodec(identity: try keys.identity("anonymizer"), directory: try keys.directoryStore(),
+                                  configuration: EnvelopeConfiguration(maxClockSkew: .seconds(2)))
+        let handler = FixableStage()
+        let stage = StageRunner(name: "anonymizer", consumer: try kafka.consumer(group: "anonymizer", topic: topic), producer: producer,
+                                handler: EnvelopeStage(codec: codec, handler: handler), metrics: ServiceMetrics(), logger: quietLogger)
+        let running = Task { try await stage.run() }
+        defer { running.cancel() }
+        let dead = try await read(try kafka.consumer(group: "dlq", topic: topic + ".dlq"), count: 1)
+        #expect(dead.first?.headerString(DeadLetterHeader.code) == "test.not_fixed")
+
+        try await Task.sleep(for: .seconds(3))  // older than the skew now
+        handler.fix()
+        let queue = DeadLetterQueue(inspector: KafkaInspector(configuration: kafka.configuration))
+        let replayed = try await queue.replayPending(topic + ".dlq", producer: producer)
+        #expect(replayed.letters.count == 1)
+        let outputs = try await read(try kafka.consumer(group: "out", topic: topic + ".out"), count: 1)
+        #expect(outputs.first?.value == Array(try Envelope(parsing: sent.value).header.id.description.utf8), "applied under its original id")
+
+        // Pending is empty now; forcing the same letter again is dropped as a duplicate.
+        #expect(try await queue.replayPending(topic + ".dlq", producer: producer).letters.isEmpty)
+        try await queue.replay(try #require(replayed.letters.first), producer: producer)
+        try await Task.sleep(for: .seconds(2))
+        #expect((try? await read(try kafka.consumer(group: "out2", topic: topic + ".out"), count: 2, seconds: 3)) == nil)
+        #expect(try await queue.summaries([topic + ".dlq"]).first?.pending == 0)
+        await producer.close()
+    }
+}

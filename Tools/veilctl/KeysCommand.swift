@@ -33,18 +33,40 @@ struct KeysCommand: AsyncParsableCommand {
         }
     }
 
-    /// `veilctl keys rotate --dir DIR --party NAME`: new key versions, published as active.
-    struct Rotate: ParsableCommand {
+    /// `veilctl keys rotate SERVICE [--publish]`: new key versions, published as active.
+    struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Add a new signing and encryption key version for a party and publish it as active (old versions stay active until retired).")
+            abstract: "Add a new signing and encryption key version for a service (or provider) and re-sign the directory.",
+            discussion: """
+                The old versions stay active until `keys retire`. Roll the new key folder out to
+                the rotated service and restart it (it then holds both versions) before or with
+                --publish: once the directory is published, senders seal to the new version.
+                Messages caught in between go to <topic>.dlq with envelope.open_failed; replay
+                them with `veilctl dlq replay` once the service runs with the new keys.
+                """)
 
-        @Option(name: .long, help: "The key folder.") var dir: String
-        @Option(name: .long, help: "The party to rotate, e.g. ingress.") var party: String
+        @Argument(help: "The service or party to rotate, e.g. matcher.") var service: String?
+        @Option(name: .long, help: "Same as the argument (older spelling).") var party: String?
+        @Option(name: .long, help: "The key folder (default: $VEIL_KEYS_DIR).") var dir: String?
+        @Flag(name: .long, help: "Also publish the new directory on veil.keys.directory.v1.") var publish = false
+        @OptionGroup var kafka: OperatorKafka
 
-        func run() throws {
+        func validate() throws {
+            guard (service ?? party) != nil else { throw ValidationError("name the service to rotate, e.g. `veilctl keys rotate matcher`") }
+        }
+
+        func run() async throws {
+            guard let dir = dir ?? ProcessInfo.processInfo.environment["VEIL_KEYS_DIR"] else {
+                throw ValidationError("set --dir or VEIL_KEYS_DIR")
+            }
+            let name = (service ?? party)!
             let folder = KeyFolder(url: URL(fileURLWithPath: dir))
-            let version = try folder.rotate(party)
-            print("\(party): version \(version) active; directory serial \(try folder.directoryStore().serial)")
+            let version = try folder.rotate(name)
+            print("\(name): version \(version) active; directory serial \(try folder.directoryStore().serial)")
+            if publish {
+                let report = try await KeysCommand.publish(folder, kafka: kafka)
+                print("published key directory to \(report.topic)[\(report.partition)]@\(report.offset)")
+            }
         }
     }
 

@@ -16,24 +16,29 @@ extension KeysCommand {
         @Option(name: .long, help: "The key folder (with key-directory.json).")
         var dir: String
 
-        @Option(name: .long, help: "Bootstrap servers (default: $KAFKA_BROKERS).")
-        var brokers: String?
+        @OptionGroup var kafka: OperatorKafka
 
         func run() async throws {
-            guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
-                throw ValidationError("set --brokers or KAFKA_BROKERS")
-            }
             let folder = KeyFolder(url: URL(fileURLWithPath: dir))
-            let signed = try SignedKeyDirectory(serialized: Array(Data(contentsOf: folder.url.appendingPathComponent(KeyFolder.directoryFile))))
             let serial = try folder.directoryStore().serial  // refuses a directory whose signature does not verify
-            var logger = Logger(label: "veilctl")
-            logger.logLevel = .error
-            let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: KafkaConfiguration(bootstrapServers: brokers, clientID: "veilctl")),
-                                             logger: logger)
+            let report = try await KeysCommand.publish(folder, kafka: kafka)
+            print("published key directory serial \(serial) to \(report.topic)[\(report.partition)]@\(report.offset)")
+        }
+    }
+
+    /// Puts the folder's signed directory on the compacted directory topic.
+    static func publish(_ folder: KeyFolder, kafka: OperatorKafka) async throws -> DeliveryReport {
+        _ = try folder.directoryStore()  // verifies the signature first
+        let signed = try SignedKeyDirectory(serialized: Array(Data(contentsOf: folder.url.appendingPathComponent(KeyFolder.directoryFile))))
+        let producer = try kafka.producer()
+        do {
             let report = try await producer.send(OutgoingMessage(topic: Topic.keysDirectory.name, key: Array("directory".utf8),
                                                                  value: signed.serialized()))
             await producer.close()
-            print("published key directory serial \(serial) to \(report.topic)[\(report.partition)]@\(report.offset)")
+            return report
+        } catch {
+            await producer.close()
+            throw error
         }
     }
 }
