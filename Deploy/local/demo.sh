@@ -3,7 +3,8 @@
 # and KAFKA_BROKERS): keys and database roles, the seven services, 10,000 synthetic
 # customers exported and filed, 1,000 signed inquiries from a device, the downstream
 # provider's decrypted results and a summary; then a k2 rotation, the dead-letter
-# path, a service-key rotation, and a graceful shutdown.
+# path, a service-key rotation gone wrong and repaired with veilctl status and dlq
+# replay, and a graceful shutdown.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VEIL_BIN:-$root/.build/debug}
@@ -60,11 +61,7 @@ head -2 "$state/insights.jsonl" | cut -c1-400 | sed 's/^/  /'
 sed 's/^/  /' "$state/consume.txt"
 matched=$(grep -c '"matched":true' "$state/insights.jsonl" || true)
 unmatched=$(grep -c '"matched":false' "$state/insights.jsonl" || true)
-dead=0
-for t in veil.inquiries.received.v1 veil.inquiries.anonymized.v1 veil.inquiries.tokenized.v1 veil.inquiries.matched.v1; do
-  n=$(kcat -C -b "$KAFKA_BROKERS" -t "$t.dlq" -o beginning -e -q -f 'x\n' 2>/dev/null | wc -l || echo 0)
-  dead=$((dead + n))
-done
+dead=$("$bin/veilctl" status --json | python3 -c 'import json,sys; print(sum(d["kept"] for d in json.load(sys.stdin)["deadLetters"]))' || echo "?")
 echo
 echo "  summary: sent $inquiries; matched $matched (expected $((inquiries - unknown))); unmatched $unmatched (expected $unknown); dead-lettered $dead"
 
@@ -77,27 +74,38 @@ DATABASE_URL=$VEIL_DATABASE_URL_KEY_VAULT "$bin/key-vault" rotate-match-key 2>&1
 
 echo
 echo "==> a value that is not a signed envelope goes to the dead-letter topic, with the reason"
-printf 'not-an-envelope' | kcat -P -b "$KAFKA_BROKERS" -t veil.inquiries.tokenized.v1 -k demo-1 -H ce_id=demo-1 -H ce_type=demo.poison 2>/dev/null
+printf 'not-an-envelope' | kcat -P -b "$KAFKA_BROKERS" -t veil.inquiries.anonymized.v1 -k demo-1 -H ce_id=demo-1 -H ce_type=demo.poison 2>/dev/null
 for _ in $(seq 1 30); do
-  out=$(kcat -C -b "$KAFKA_BROKERS" -t veil.inquiries.tokenized.v1.dlq -o beginning -e -q \
-        -f 'dlq key=%k headers=%h\n' 2>/dev/null || true)
+  out=$("$bin/veilctl" dlq list veil.inquiries.anonymized.v1.dlq 2>/dev/null || true)
   [ -n "$out" ] && break; sleep 0.5
 done
-echo "${out:-error: nothing reached the dead-letter topic}"
-echo
-echo "==> matcher metrics"
-curl -s "http://127.0.0.1:$((base_port + 3))/metrics" | grep -E '^veil_(messages|dead_letters|errors)' || true
+echo "${out:-error: nothing reached the dead-letter topic}" | sed 's/^/  /'
 
 echo
-echo "==> rotating the matcher's keys and publishing the new signed key directory on veil.keys.directory.v1"
-"$bin/veilctl" keys rotate --dir "$state/keys" --party matcher
-"$bin/veilctl" keys publish --dir "$state/keys"
+echo "==> an operator mistake: the matcher's keys are rotated and the directory published before the matcher restarted with them"
+"$bin/veilctl" keys rotate matcher --publish | sed 's/^/  /'
 for _ in $(seq 1 40); do
   installed=0
   for s in "${services[@]}"; do grep -q '"key directory installed"' "$logs/$s.log" && installed=$((installed + 1)); done
   [ "$installed" -eq ${#services[@]} ] && break; sleep 0.5
 done
-echo "  $installed of ${#services[@]} services installed the new directory"
+echo "  $installed of ${#services[@]} services installed the new directory; 5 inquiries now get sealed to a matcher key the running matcher lacks"
+"$bin/veilctl" device inquire --device "$state/device.json" --url "$ingress_url" \
+  --users-from "$state/customers.csv" --count 5 --concurrency 1 | sed -n 2p | sed 's/^/  /'
+for _ in $(seq 1 30); do
+  pending=$("$bin/veilctl" dlq list veil.inquiries.tokenized.v1.dlq 2>/dev/null | grep -c pending || true)
+  [ "${pending:-0}" -ge 5 ] && break; sleep 0.5
+done
+echo
+echo "==> veilctl status: health, lag per consumer group and topic, dead letters"
+VEIL_STATUS_ENDPOINTS=$(veil_status_endpoints) "$bin/veilctl" status | sed 's/^/  /'
+echo
+echo "==> the fix: restart the matcher with the rotated key folder, then replay its dead letters (same ids, original time)"
+veil_restart_service matcher info
+veil_wait_ready
+"$bin/veilctl" dlq replay veil.inquiries.tokenized.v1.dlq 2>/dev/null | sed 's/^/  /'
+"$bin/veilctl" consume insights --keys "$state/keys" --count $((inquiries + 25)) --idle 15 --summary-only 2>&1 | sed 's/^/  after the replay: /'
+"$bin/veilctl" dlq replay veil.inquiries.tokenized.v1.dlq 2>/dev/null | sed 's/^/  again (nothing pending): /'
 
 echo
 echo "==> graceful shutdown (SIGTERM)"

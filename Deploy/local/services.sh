@@ -30,6 +30,28 @@ veil_start_services() {  # veil_start_services LEVEL service...
   done
 }
 
+veil_restart_service() {  # veil_restart_service NAME LEVEL: SIGTERM it, wait, start it again on its port
+  local name=$1 level=$2 i=0
+  for s in "${started_services[@]}"; do
+    if [ "$s" = "$name" ]; then
+      kill -TERM "${pids[$i]}" 2>/dev/null || true
+      wait "${pids[$i]}" 2>/dev/null || true
+      local var=VEIL_DATABASE_URL_$(echo "$s" | tr 'a-z-' 'A-Z_')
+      DATABASE_URL=${!var} VEIL_ADMIN_PORT=$((base_port + i)) VEIL_LOG_LEVEL=$level \
+        VEIL_HTTP_PORT=${VEIL_HTTP_PORT:-18080} VEIL_VAULT_KEY_REFRESH_SECONDS=1 \
+        "$bin/$s" >>"$logs/$s.log" 2>&1 &
+      pids[$i]=$!
+    fi
+    i=$((i + 1))
+  done
+}
+
+veil_status_endpoints() {  # VEIL_STATUS_ENDPOINTS for veilctl status
+  local i=0 list=()
+  for s in "${started_services[@]}"; do list+=("$s=http://127.0.0.1:$((base_port + i))"); i=$((i + 1)); done
+  (IFS=,; echo "${list[*]}")
+}
+
 veil_wait_ready() {
   printf '==> waiting for /health/ready'
   local deadline=$((SECONDS + 90))

@@ -86,8 +86,11 @@ public struct DeadLetterQueue: Sendable {
         self.replayGroup = replayGroup
     }
 
-    /// Every dead-letter topic of the contract (those of consumed topics).
-    public static var topics: [String] { Topic.allWithDeadLetters.map(\.name).filter { $0.hasSuffix(".dlq") } }
+    /// Every dead-letter topic a stage writes (those of the topics stages consume).
+    public static var topics: [String] {
+        var seen = Set<String>()
+        return ServiceName.allCases.flatMap(\.stageTopics).map(\.deadLetter.name).filter { seen.insert($0).inserted }
+    }
 
     /// How many dead letters one topic keeps, and how many were replayed.
     public struct Summary: Sendable, Hashable, Codable {
