@@ -39,6 +39,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
     @Option(help: "Records for the filing measurement (0: skip).") var filingRecords = 100_000
     @Option(help: "Admin DATABASE_URL to count filed records (default: $DATABASE_URL).") var database: String?
     @Flag(help: "Only measure ingress: accepted inquiries/s and HTTP latency (closed loop).") var ingressOnly = false
+    @Flag(help: "Only measure upstream filing (for profiling it).") var filingOnly = false
 
     func run() async throws {
         guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
@@ -77,15 +78,19 @@ struct PipelineBenchmark: AsyncParsableCommand {
                          sorted[sorted.count / 2], sorted[sorted.count * 99 / 100]))
             return
         }
-        print("== crypto-only bound (all \(ProcessInfo.processInfo.activeProcessorCount) cores, 3 s)")
-        let bound = try await CryptoBound(folder: folder).run(seconds: 3)
-        print(String(format: "   %.0f inquiries/s", bound))
+        var bound = 0.0
+        if !filingOnly {
+            print("== crypto-only bound (all \(ProcessInfo.processInfo.activeProcessorCount) cores, 3 s)")
+            bound = try await CryptoBound(folder: folder).run(seconds: 3)
+            print(String(format: "   %.0f inquiries/s", bound))
+        }
 
         if filingRecords > 0 {
             print("== upstream filing of \(filingRecords) records")
             let rate = try await filing(folder: folder, kafka: kafka, logger: logger, count: filingRecords, offset: customers)
             print(String(format: "   %.0f records/s filed (export start → last record in PostgreSQL)", rate))
         }
+        if filingOnly { return }
 
         print("== filing \(customers) customers to ask about")
         _ = try await filing(folder: folder, kafka: kafka, logger: logger, count: customers, offset: 0)
