@@ -14,7 +14,7 @@ let services: [(target: String, folder: String, library: Bool)] = [
     ("key-vault", "KeyVault", true),
     ("matcher", "Matcher", true),
     ("merger", "Merger", true),
-    ("dispatcher", "Dispatcher", false),
+    ("dispatcher", "Dispatcher", true),
     ("technician-alerter", "TechnicianAlerter", false),
 ]
 let serviceLibraries = services.filter(\.library).map { "\($0.folder)Service" }
@@ -79,6 +79,7 @@ let package = Package(
         .target(name: "\($0.folder)Service", dependencies: [
             "VeilService", "VeilClient", log, lifecycle,
             .product(name: "Hummingbird", package: "hummingbird"), .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ], path: "Services/\($0.folder)",
                 exclude: ["App"])
     } + services.map {

@@ -1,0 +1,405 @@
+import Foundation
+import Logging
+import PostgresNIO
+import VeilStore
+
+/// How the dispatcher picks a technician, as settings (`VEIL_DISPATCH_*`).
+public struct AssignmentPolicy: Sendable, Hashable {
+    /// How long a technician has to answer an offer before it moves on.
+    public var reservationTimeout: Duration = .seconds(60)
+    /// A request nobody could take for this long is escalated (flagged, priority raised).
+    public var escalateAfter: Duration = .seconds(600)
+    /// Waiting time that counts as one more priority level (aging), so old requests are not starved.
+    public var agingStep: Duration = .seconds(300)
+    /// Weight of the technician's load (active / capacity, 0…1) in the ranking.
+    public var loadWeight: Double = 1.0
+    /// Weight of serving outside the technician's home region (0 at home, 1 elsewhere).
+    public var regionWeight: Double = 0.5
+
+    public init() {}
+}
+
+/// A technician as the dispatcher knows them: what they can do, where, when, and how much at once.
+public struct Technician: Sendable, Hashable, Codable {
+    public var id: String
+    public var name: String
+    public var skills: [String]
+    /// Regions they serve; `homeRegion` is preferred.
+    public var regions: [String]
+    public var homeRegion: String?
+    /// Requests they may hold at once (offered or assigned).
+    public var capacity: Int
+    /// `available`, `busy` or `offline`: only `available` technicians get offers.
+    public var activity: String
+    /// Shift in UTC, `HH:MM` (an overnight shift has start > end); `nil`: always on shift.
+    public var shiftStart: String?
+    public var shiftEnd: String?
+
+    public init(id: String, name: String, skills: [String], regions: [String], homeRegion: String? = nil,
+                capacity: Int = 1, activity: String = "available", shiftStart: String? = nil, shiftEnd: String? = nil) {
+        self.id = id
+        self.name = name
+        self.skills = skills
+        self.regions = regions
+        self.homeRegion = homeRegion
+        self.capacity = capacity
+        self.activity = activity
+        self.shiftStart = shiftStart
+        self.shiftEnd = shiftEnd
+    }
+}
+
+/// What the engine needs to know about a request that needs a technician.
+public struct DispatchRequest: Sendable, Hashable {
+    public var id: UUID
+    public var category: String
+    /// Higher is more urgent.
+    public var priority: Int
+    public var region: String?
+    public var requiredSkills: [String]
+
+    public init(id: UUID, category: String, priority: Int, region: String?, requiredSkills: [String]) {
+        self.id = id
+        self.category = category
+        self.priority = priority
+        self.region = region
+        self.requiredSkills = requiredSkills
+    }
+}
+
+/// An offer of one request to one technician, waiting for an answer until `expiresAt`.
+public struct Reservation: Sendable, Hashable {
+    public var id: UUID
+    public var requestID: UUID
+    public var technicianID: String
+    public var expiresAt: Date
+}
+
+/// A technician's answer to an offer.
+public enum ReservationAnswer: String, Sendable, Hashable, Codable {
+    case accept, decline
+}
+
+public struct AssignmentError: Error, Sendable, CustomStringConvertible {
+    public let code: String
+    public let reason: String
+    public var description: String { "AssignmentError(\(code)): \(reason)" }
+    static func notFound(_ what: String) -> AssignmentError { AssignmentError(code: "dispatch.not_found", reason: "\(what) not found") }
+    static func notPending(_ id: UUID) -> AssignmentError {
+        AssignmentError(code: "dispatch.not_pending", reason: "reservation \(id) was already answered or timed out")
+    }
+    static func invalid(_ reason: String) -> AssignmentError { AssignmentError(code: "dispatch.invalid", reason: reason) }
+}
+
+/// Technician selection with reservations (the TaskRouter model: workers with
+/// activities and capacity, tasks waiting in priority order with aging, reservations
+/// that are accepted, declined or time out).
+///
+/// Every decision is one PostgreSQL transaction that locks the request and the chosen
+/// technician's row (`FOR UPDATE SKIP LOCKED`) and counts the offer against the
+/// technician's capacity before committing, so any number of dispatcher replicas
+/// deciding at once never give a technician more than `capacity` requests.
+public struct AssignmentEngine: Sendable {
+    public let database: Database
+    public let policy: AssignmentPolicy
+    let logger: Logger
+
+    public init(database: Database, policy: AssignmentPolicy, logger: Logger) {
+        self.database = database
+        self.policy = policy
+        self.logger = logger
+    }
+
+    public static let migrations: [Migration] = [
+        Migration("010_dispatch_assignment", sql: """
+            CREATE TABLE {schema}.technicians (
+                id            text PRIMARY KEY,
+                name          text NOT NULL,
+                skills        text[] NOT NULL DEFAULT '{}',
+                regions       text[] NOT NULL DEFAULT '{}',
+                home_region   text,
+                capacity      integer NOT NULL CHECK (capacity >= 0),
+                active_load   integer NOT NULL DEFAULT 0 CHECK (active_load >= 0),
+                activity      text NOT NULL DEFAULT 'available' CHECK (activity IN ('available', 'busy', 'offline')),
+                shift_start   time,
+                shift_end     time,
+                last_offer_at timestamptz,
+                updated_at    timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE {schema}.dispatch_requests (
+                id              uuid PRIMARY KEY,
+                category        text NOT NULL,
+                priority        integer NOT NULL,
+                region          text,
+                required_skills text[] NOT NULL DEFAULT '{}',
+                status          text NOT NULL CHECK (status IN ('waiting', 'offered', 'assigned', 'completed', 'cancelled')),
+                technician_id   text REFERENCES {schema}.technicians (id),
+                created_at      timestamptz NOT NULL DEFAULT now(),
+                escalated_at    timestamptz,
+                assigned_at     timestamptz
+            );
+            CREATE INDEX dispatch_requests_waiting ON {schema}.dispatch_requests (priority DESC, created_at) WHERE status = 'waiting';
+            CREATE TABLE {schema}.reservations (
+                id            uuid PRIMARY KEY,
+                request_id    uuid NOT NULL REFERENCES {schema}.dispatch_requests (id),
+                technician_id text NOT NULL REFERENCES {schema}.technicians (id),
+                status        text NOT NULL CHECK (status IN ('pending', 'accepted', 'declined', 'timed_out', 'completed')),
+                reason        text,
+                offered_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+                expires_at    timestamptz NOT NULL,
+                answered_at   timestamptz,
+                UNIQUE (request_id, technician_id)
+            );
+            CREATE INDEX reservations_pending ON {schema}.reservations (expires_at) WHERE status = 'pending';
+            """),
+    ]
+
+    // MARK: Technicians (the admin API and `veilctl` seed them)
+
+    /// Creates or updates a technician; their current load is kept.
+    public func upsert(_ t: Technician) async throws {
+        guard t.capacity >= 0, ["available", "busy", "offline"].contains(t.activity) else {
+            throw AssignmentError.invalid("capacity must be >= 0 and activity available, busy or offline")
+        }
+        guard (t.shiftStart == nil) == (t.shiftEnd == nil),
+              [t.shiftStart, t.shiftEnd].allSatisfy({ $0 == nil || Self.isClockTime($0!) }) else {
+            throw AssignmentError.invalid("shiftStart and shiftEnd must both be HH:MM (UTC) or both absent")
+        }
+        try await database.client.query("""
+            INSERT INTO \(unescaped: table("technicians")) (id, name, skills, regions, home_region, capacity, activity, shift_start, shift_end)
+            VALUES (\(t.id), \(t.name), \(t.skills), \(t.regions), \(t.homeRegion), \(t.capacity), \(t.activity),
+                    \(t.shiftStart)::time, \(t.shiftEnd)::time)
+            ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, skills = EXCLUDED.skills, regions = EXCLUDED.regions,
+                home_region = EXCLUDED.home_region, capacity = EXCLUDED.capacity, activity = EXCLUDED.activity,
+                shift_start = EXCLUDED.shift_start, shift_end = EXCLUDED.shift_end, updated_at = now()
+            """, logger: logger)
+    }
+
+    /// Sets a technician's activity (`available`, `busy`, `offline`).
+    public func setActivity(_ technicianID: String, _ activity: String) async throws {
+        guard ["available", "busy", "offline"].contains(activity) else { throw AssignmentError.invalid("unknown activity \(activity)") }
+        let rows = try await database.client.query("""
+            UPDATE \(unescaped: table("technicians")) SET activity = \(activity), updated_at = now() WHERE id = \(technicianID) RETURNING id
+            """, logger: logger).collect()
+        guard !rows.isEmpty else { throw AssignmentError.notFound("technician \(technicianID)") }
+    }
+
+    // MARK: Requests
+
+    /// Files a request that needs a technician and tries to offer it at once.
+    /// Idempotent by request id (a redelivered request is not filed twice).
+    /// - Returns: the offer made, if someone was eligible.
+    @discardableResult
+    public func submit(_ request: DispatchRequest) async throws -> Reservation? {
+        try await database.client.query("""
+            INSERT INTO \(unescaped: table("dispatch_requests")) (id, category, priority, region, required_skills, status)
+            VALUES (\(request.id), \(request.category), \(request.priority), \(request.region), \(request.requiredSkills), 'waiting')
+            ON CONFLICT (id) DO NOTHING
+            """, logger: logger)
+        return try await offer(request.id)
+    }
+
+    /// Offers a waiting request to the best eligible technician, if any; returns the offer.
+    public func offer(_ requestID: UUID) async throws -> Reservation? {
+        let timeout = policy.reservationTimeout.seconds
+        return try await database.transaction { connection in
+            let requests = try await connection.query("""
+                SELECT region, required_skills FROM \(unescaped: table("dispatch_requests"))
+                WHERE id = \(requestID) AND status = 'waiting' FOR UPDATE SKIP LOCKED
+                """, logger: logger).collect()
+            guard let row = requests.first else { return nil }
+            let (region, skills) = try row.decode((String?, [String]).self)
+            let candidates = try await connection.query("""
+                SELECT t.id FROM \(unescaped: table("technicians")) t
+                WHERE t.activity = 'available' AND t.active_load < t.capacity
+                  AND t.skills @> \(skills)::text[]
+                  AND (\(region)::text IS NULL OR \(region)::text = ANY (t.regions))
+                  AND (t.shift_start IS NULL
+                       OR (t.shift_start <= t.shift_end AND (now() AT TIME ZONE 'UTC')::time >= t.shift_start
+                           AND (now() AT TIME ZONE 'UTC')::time < t.shift_end)
+                       OR (t.shift_start > t.shift_end AND ((now() AT TIME ZONE 'UTC')::time >= t.shift_start
+                           OR (now() AT TIME ZONE 'UTC')::time < t.shift_end)))
+                  AND NOT EXISTS (SELECT 1 FROM \(unescaped: table("reservations")) r
+                                  WHERE r.request_id = \(requestID) AND r.technician_id = t.id)
+                ORDER BY \(policy.loadWeight)::float8 * t.active_load / GREATEST(t.capacity, 1)
+                         + \(policy.regionWeight)::float8 * (CASE WHEN t.home_region IS NOT DISTINCT FROM \(region)::text THEN 0 ELSE 1 END),
+                         t.last_offer_at NULLS FIRST, t.id
+                LIMIT 1
+                FOR UPDATE OF t SKIP LOCKED
+                """, logger: logger).collect()
+            guard let technicianID = try candidates.first?.decode(String.self) else { return nil }
+            let reservationID = UUID()
+            let expires = try await connection.query("""
+                INSERT INTO \(unescaped: table("reservations")) (id, request_id, technician_id, status, expires_at)
+                VALUES (\(reservationID), \(requestID), \(technicianID), 'pending', clock_timestamp() + make_interval(secs => \(timeout)))
+                RETURNING expires_at
+                """, logger: logger).collect()
+            try await connection.query("""
+                UPDATE \(unescaped: table("technicians")) SET active_load = active_load + 1, last_offer_at = clock_timestamp()
+                WHERE id = \(technicianID)
+                """, logger: logger)
+            try await connection.query("""
+                UPDATE \(unescaped: table("dispatch_requests")) SET status = 'offered' WHERE id = \(requestID)
+                """, logger: logger)
+            let expiresAt = try expires.first?.decode(Date.self) ?? Date()
+            return Reservation(id: reservationID, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
+        }
+    }
+
+    /// Offers waiting requests, most urgent first (priority plus one level per `agingStep`
+    /// waited), oldest first within a level. Returns the offers made.
+    public func offerWaiting(limit: Int = 100) async throws -> [Reservation] {
+        let aging = max(1, policy.agingStep.seconds)
+        let waiting = try await database.client.query("""
+            SELECT id FROM \(unescaped: table("dispatch_requests")) WHERE status = 'waiting'
+            ORDER BY priority + floor(extract(epoch FROM now() - created_at) / \(aging)) DESC, created_at
+            LIMIT \(limit)
+            """, logger: logger).collect()
+        var offers: [Reservation] = []
+        for row in waiting {
+            if let offer = try await offer(try row.decode(UUID.self)) { offers.append(offer) }
+        }
+        return offers
+    }
+
+    /// Records a technician's answer. Accept: the request is assigned. Decline: the offer
+    /// is released and the request offered to the next candidate (returned).
+    @discardableResult
+    public func answer(_ reservationID: UUID, technicianID: String, _ answer: ReservationAnswer,
+                       reason: String? = nil) async throws -> Reservation? {
+        let requestID: UUID = try await database.transaction { connection in
+            let rows = try await connection.query("""
+                UPDATE \(unescaped: table("reservations"))
+                SET status = \(answer == .accept ? "accepted" : "declined"), reason = \(reason), answered_at = clock_timestamp()
+                WHERE id = \(reservationID) AND technician_id = \(technicianID) AND status = 'pending' AND expires_at > clock_timestamp()
+                RETURNING request_id
+                """, logger: logger).collect()
+            guard let requestID = try rows.first?.decode(UUID.self) else { throw AssignmentError.notPending(reservationID) }
+            switch answer {
+            case .accept:
+                try await connection.query("""
+                    UPDATE \(unescaped: table("dispatch_requests"))
+                    SET status = 'assigned', technician_id = \(technicianID), assigned_at = clock_timestamp() WHERE id = \(requestID)
+                    """, logger: logger)
+            case .decline:
+                try await release(technicianID, requestID: requestID, on: connection)
+            }
+            return requestID
+        }
+        return answer == .decline ? try await offer(requestID) : nil
+    }
+
+    /// Marks an assigned request completed and frees the technician's capacity.
+    public func complete(_ requestID: UUID, technicianID: String) async throws {
+        try await database.transaction { connection in
+            let rows = try await connection.query("""
+                UPDATE \(unescaped: table("dispatch_requests")) SET status = 'completed'
+                WHERE id = \(requestID) AND technician_id = \(technicianID) AND status = 'assigned' RETURNING id
+                """, logger: logger).collect()
+            guard !rows.isEmpty else { throw AssignmentError.notFound("assigned request \(requestID) of \(technicianID)") }
+            try await connection.query("""
+                UPDATE \(unescaped: table("reservations")) SET status = 'completed'
+                WHERE request_id = \(requestID) AND technician_id = \(technicianID) AND status = 'accepted'
+                """, logger: logger)
+            try await connection.query("""
+                UPDATE \(unescaped: table("technicians")) SET active_load = greatest(active_load - 1, 0) WHERE id = \(technicianID)
+                """, logger: logger)
+        }
+    }
+
+    /// Times out unanswered offers (releasing the technicians) and offers those requests
+    /// to the next candidates. Returns the new offers.
+    public func expireReservations() async throws -> [Reservation] {
+        let expired: [(UUID, String)] = try await database.transaction { connection in
+            let rows = try await connection.query("""
+                UPDATE \(unescaped: table("reservations")) SET status = 'timed_out', answered_at = clock_timestamp()
+                WHERE id IN (SELECT id FROM \(unescaped: table("reservations"))
+                             WHERE status = 'pending' AND expires_at <= clock_timestamp() FOR UPDATE SKIP LOCKED)
+                RETURNING request_id, technician_id
+                """, logger: logger).collect()
+            var released: [(UUID, String)] = []
+            for row in rows {
+                let (requestID, technicianID) = try row.decode((UUID, String).self)
+                try await release(technicianID, requestID: requestID, on: connection)
+                released.append((requestID, technicianID))
+            }
+            return released
+        }
+        var offers: [Reservation] = []
+        for (requestID, _) in expired {
+            if let next = try await offer(requestID) { offers.append(next) }
+        }
+        return offers
+    }
+
+    /// Flags requests that waited longer than `escalateAfter` without a technician and
+    /// raises their priority by one. Returns their ids.
+    public func escalate() async throws -> [UUID] {
+        let rows = try await database.client.query("""
+            UPDATE \(unescaped: table("dispatch_requests")) SET escalated_at = now(), priority = priority + 1
+            WHERE status = 'waiting' AND escalated_at IS NULL
+              AND created_at <= now() - make_interval(secs => \(policy.escalateAfter.seconds))
+            RETURNING id
+            """, logger: logger).collect()
+        return try rows.map { try $0.decode(UUID.self) }
+    }
+
+    private func release(_ technicianID: String, requestID: UUID, on connection: PostgresConnection) async throws {
+        try await connection.query("""
+            UPDATE \(unescaped: table("technicians")) SET active_load = greatest(active_load - 1, 0) WHERE id = \(technicianID)
+            """, logger: logger)
+        try await connection.query("""
+            UPDATE \(unescaped: table("dispatch_requests")) SET status = 'waiting' WHERE id = \(requestID) AND status = 'offered'
+            """, logger: logger)
+    }
+
+    // MARK: Statistics
+
+    /// Queue and worker statistics (`veilctl dispatch stats`, and the metrics).
+    public struct Statistics: Sendable, Hashable, Codable {
+        public var waiting: Int
+        public var longestWaitSeconds: Double
+        public var escalated: Int
+        public var offered: Int
+        public var assigned: Int
+        public var accepted: Int
+        public var declined: Int
+        public var timedOut: Int
+        /// Mean seconds from offer to acceptance.
+        public var averageAcceptanceSeconds: Double
+    }
+
+    public func statistics() async throws -> Statistics {
+        let requests = try await database.client.query("""
+            SELECT count(*) FILTER (WHERE status = 'waiting'),
+                   coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'waiting')), 0)::float8,
+                   count(*) FILTER (WHERE escalated_at IS NOT NULL AND status IN ('waiting', 'offered')),
+                   count(*) FILTER (WHERE status = 'offered'),
+                   count(*) FILTER (WHERE status = 'assigned')
+            FROM \(unescaped: table("dispatch_requests"))
+            """, logger: logger).collect()
+        let reservations = try await database.client.query("""
+            SELECT count(*) FILTER (WHERE status IN ('accepted', 'completed')),
+                   count(*) FILTER (WHERE status = 'declined'),
+                   count(*) FILTER (WHERE status = 'timed_out'),
+                   coalesce(avg(extract(epoch FROM answered_at - offered_at)) FILTER (WHERE status IN ('accepted', 'completed')), 0)::float8
+            FROM \(unescaped: table("reservations"))
+            """, logger: logger).collect()
+        let (waiting, longest, escalated, offered, assigned) = try requests.first!.decode((Int, Double, Int, Int, Int).self)
+        let (accepted, declined, timedOut, average) = try reservations.first!.decode((Int, Int, Int, Double).self)
+        return Statistics(waiting: waiting, longestWaitSeconds: longest, escalated: escalated, offered: offered, assigned: assigned,
+                          accepted: accepted, declined: declined, timedOut: timedOut, averageAcceptanceSeconds: average)
+    }
+
+    func table(_ name: String) -> String { database.table(name) }
+
+    static func isClockTime(_ text: String) -> Bool {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let h = Int(parts[0]), let m = Int(parts[1]) else { return false }
+        return (0..<24).contains(h) && (0..<60).contains(m) && parts[1].count == 2
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import Logging
+import Metrics
+import ServiceLifecycle
+import VeilService
+import VeilStore
+
+/// The enterprise service desk's dispatcher: decides what a service request needs
+/// (`DispatchRules`), picks a technician (`AssignmentEngine`), and keeps the queue
+/// moving (offers that time out, requests that wait too long).
+public enum Dispatcher {
+    public static let migrations: [Migration] = AssignmentEngine.migrations
+
+    /// The dispatcher process: the queue clock beside a stage that (until service
+    /// requests arrive over ingress) verifies and dead-letters what reaches its topics.
+    public static let runtime = ServiceRuntime(service: .dispatcher, migrations: migrations) { context in
+        let settings = try DispatcherSettings(context.configuration)
+        let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: UnsupportedEnvelopeHandler()),
+                            services: [DispatchClock(engine: engine, logger: context.logger)])
+    }
+}
+
+/// Dispatcher settings, validated at start-up.
+public struct DispatcherSettings: Sendable {
+    public var policy = AssignmentPolicy()
+    public var rules = DispatchRules.standard
+
+    public init(_ configuration: ServiceConfiguration) throws {
+        policy.reservationTimeout = .seconds(try configuration.integer("VEIL_DISPATCH_RESERVATION_TIMEOUT_SECONDS", in: 1...86_400))
+        policy.escalateAfter = .seconds(try configuration.integer("VEIL_DISPATCH_ESCALATE_AFTER_SECONDS", in: 1...604_800))
+        policy.agingStep = .seconds(try configuration.integer("VEIL_DISPATCH_AGING_SECONDS", in: 1...604_800))
+        for (name, keyPath) in [("VEIL_DISPATCH_LOAD_WEIGHT", \AssignmentPolicy.loadWeight), ("VEIL_DISPATCH_REGION_WEIGHT", \.regionWeight)] {
+            guard let value = configuration.setting(name).flatMap(Double.init), value >= 0, value <= 100 else {
+                throw ConfigurationError(variable: name, reason: "must be a number from 0 to 100")
+            }
+            policy[keyPath: keyPath] = value
+        }
+        if let file = configuration.setting("VEIL_DISPATCH_RULES_FILE") {
+            do {
+                rules = try DispatchRules.load(from: URL(fileURLWithPath: file))
+            } catch {
+                throw ConfigurationError(variable: "VEIL_DISPATCH_RULES_FILE", reason: "cannot read the rules: \(error)")
+            }
+        }
+    }
+}
+
+/// Once a second: time out unanswered offers and offer those requests onwards,
+/// escalate requests that waited too long, offer waiting requests to technicians who
+/// became free, and publish the queue statistics as gauges.
+public struct DispatchClock: Service {
+    let engine: AssignmentEngine
+    let logger: Logger
+    let interval: Duration
+
+    public init(engine: AssignmentEngine, logger: Logger, interval: Duration = .seconds(1)) {
+        self.engine = engine
+        self.logger = logger
+        self.interval = interval
+    }
+
+    public func run() async throws {
+        let gauges = ["waiting", "longest_wait_seconds", "escalated", "offered", "assigned"].map {
+            ($0, Gauge(label: "veil_dispatch_\($0)"))
+        }
+        let counters = ["accepted", "declined", "timed_out"].map { ($0, Gauge(label: "veil_dispatch_reservations_\($0)")) }
+        let acceptance = Gauge(label: "veil_dispatch_average_acceptance_seconds")
+        while !Task.isCancelled {
+            do {
+                _ = try await engine.expireReservations()
+                let escalated = try await engine.escalate()
+                if !escalated.isEmpty { logger.warning("requests escalated", metadata: ["count": "\(escalated.count)"]) }
+                _ = try await engine.offerWaiting()
+                let s = try await engine.statistics()
+                let values = [Double(s.waiting), s.longestWaitSeconds, Double(s.escalated), Double(s.offered), Double(s.assigned)]
+                for ((_, gauge), value) in zip(gauges, values) { gauge.record(value) }
+                for ((_, gauge), value) in zip(counters, [s.accepted, s.declined, s.timedOut]) { gauge.record(Double(value)) }
+                acceptance.record(s.averageAcceptanceSeconds)
+            } catch {
+                logger.warning("dispatch clock tick failed", metadata: ["error": "\(safeDescription(error))"])
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
+}
