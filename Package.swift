@@ -67,7 +67,7 @@ let package = Package(
                                                    .product(name: "Crypto", package: "swift-crypto")],
                 path: "Shared/VeilClient"),
         // The device's HTTP client for ingress (URLSession; on Linux it links libcurl, so services do not use it).
-        .target(name: "VeilIngressClient", dependencies: ["VeilClient"], path: "Shared/VeilIngressClient"),
+        .target(name: "VeilIngressClient", dependencies: ["VeilClient", "VeilContracts"], path: "Shared/VeilIngressClient"),
         .target(name: "VeilService", dependencies: [
             "VeilCore", "VeilKafka", "VeilStore", "VeilContracts", "VeilEnvelope", log, lifecycle,
             .product(name: "PostgresNIO", package: "postgres-nio"),

@@ -9,14 +9,14 @@ import VeilStore
 /// (`DispatchRules`), picks a technician (`AssignmentEngine`), and keeps the queue
 /// moving (offers that time out, requests that wait too long).
 public enum Dispatcher {
-    public static let migrations: [Migration] = AssignmentEngine.migrations
+    public static let migrations: [Migration] = AssignmentEngine.migrations + ServiceRequestIntake.migrations
 
-    /// The dispatcher process: the queue clock beside a stage that (until service
-    /// requests arrive over ingress) verifies and dead-letters what reaches its topics.
+    /// The dispatcher process: the service-request stage beside the queue clock.
     public static let runtime = ServiceRuntime(service: .dispatcher, migrations: migrations) { context in
         let settings = try DispatcherSettings(context.configuration)
         let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
-        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: UnsupportedEnvelopeHandler()),
+        let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, logger: context.logger)
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: intake),
                             services: [DispatchClock(engine: engine, logger: context.logger)])
     }
 }

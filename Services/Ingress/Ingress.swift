@@ -43,6 +43,24 @@ public enum Ingress {
                 accepted_at timestamptz NOT NULL DEFAULT now()
             );
             """),
+        Migration("002_ingress_accounts_and_service_requests", sql: """
+            -- account_ref: the keyed pseudonym of the account the device is bound to, never the id
+            ALTER TABLE {schema}.devices ADD COLUMN account_ref bytea;
+            CREATE TABLE {schema}.enrollment_codes (
+                code_hash   bytea PRIMARY KEY,                          -- keyed hash of the code, never the code
+                account_ref bytea NOT NULL,
+                expires_at  timestamptz NOT NULL,
+                attempts    integer NOT NULL DEFAULT 0,
+                used_at     timestamptz
+            );
+            CREATE INDEX enrollment_codes_account ON {schema}.enrollment_codes (account_ref);
+            CREATE TABLE {schema}.service_requests (
+                id          uuid PRIMARY KEY,
+                device_ref  bytea NOT NULL,
+                status      text NOT NULL,
+                accepted_at timestamptz NOT NULL DEFAULT now()
+            );
+            """),
     ]
 
     /// The ingress process: the HTTP API beside a stage that (until the service-request
@@ -64,6 +82,9 @@ public struct IngressSettings: Sendable {
     public var clockSkew: Duration
     public var region: String?
     public var enrollmentToken: String?
+    /// Bearer token of the `/admin/...` routes; unset: those routes answer 401.
+    public var adminToken: String?
+    public var enrollmentCodeLifetime: Duration
     public var pseudonymID: KeyRing
     public var pseudonymDevice: KeyRing
 
@@ -73,6 +94,8 @@ public struct IngressSettings: Sendable {
         clockSkew = .seconds(try configuration.integer("VEIL_INGRESS_CLOCK_SKEW_SECONDS", in: 1...86_400))
         region = configuration.setting("VEIL_INGRESS_REGION")
         enrollmentToken = configuration.setting("VEIL_ENROLLMENT_TOKEN")
+        adminToken = configuration.setting("VEIL_INGRESS_ADMIN_TOKEN")
+        enrollmentCodeLifetime = .seconds(try configuration.integer("VEIL_ENROLLMENT_CODE_TTL_SECONDS", in: 60...2_592_000))
         let keys = KeyFolder(url: URL(fileURLWithPath: configuration.keysDirectory))
         do {
             pseudonymID = try keys.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymIDKey)
@@ -103,6 +126,12 @@ public struct IngressAPI: Service {
         router.get("/v1/inquiries/{id}") { _, routeContext in
             await handler.respond { try await handler.status(routeContext.parameters.get("id") ?? "") }
         }
+        router.post("/v1/service-requests") { request, _ in await handler.respond { try await handler.submitServiceRequest(request) } }
+        router.get("/v1/keys/{service}") { _, routeContext in
+            await handler.respond { try handler.publishedKey(routeContext.parameters.get("service") ?? "") }
+        }
+        router.post("/admin/enrollment-codes") { request, _ in await handler.respond { try await handler.issueEnrollmentCode(request) } }
+        router.post("/admin/devices/revoke") { request, _ in await handler.respond { try await handler.revokeDevice(request) } }
         let onRunning = self.onRunning
         let app = Application(router: router,
                               configuration: .init(address: .hostname(context.configuration.adminHost, port: settings.port),
@@ -162,10 +191,27 @@ struct RequestHandler: Sendable {
         let ref = ByteBuffer(bytes: deviceKey.hash(Array(enrollment.deviceId.utf8)))
         let signing = ByteBuffer(bytes: signingRaw), encryption = ByteBuffer(bytes: encryptionRaw)
         let version = Int32(deviceKey.version)
+        var account: ByteBuffer?
+        if enrollment.accountId != nil || enrollment.enrollmentCode != nil {
+            guard let accountId = enrollment.accountId, let code = enrollment.enrollmentCode else {
+                throw Problem.missingField(enrollment.accountId == nil ? "accountId" : "enrollmentCode")
+            }
+            try validate(id: accountId, field: "accountId")
+            account = try await redeemEnrollmentCode(code, accountId: accountId)
+        }
+        let devices = context.database.table("devices")
+        // A device re-enrolling with the same keys (e.g. to bind an account) updates its row;
+        // other keys for the same id are refused; a revoked device may enroll afresh.
         let rows = try await context.database.client.query("""
-            INSERT INTO \(unescaped: context.database.table("devices")) (device_ref, key_version, signing_key, encryption_key)
-            VALUES (\(ref), \(version), \(signing), \(encryption))
-            ON CONFLICT (device_ref) DO UPDATE SET device_ref = EXCLUDED.device_ref
+            INSERT INTO \(unescaped: devices) (device_ref, key_version, signing_key, encryption_key, account_ref)
+            VALUES (\(ref), \(version), \(signing), \(encryption), \(account))
+            ON CONFLICT (device_ref) DO UPDATE SET
+                account_ref = CASE WHEN \(unescaped: devices).revoked_at IS NOT NULL THEN EXCLUDED.account_ref
+                                   ELSE coalesce(EXCLUDED.account_ref, \(unescaped: devices).account_ref) END,
+                signing_key = EXCLUDED.signing_key, encryption_key = EXCLUDED.encryption_key,
+                enrolled_at = CASE WHEN \(unescaped: devices).revoked_at IS NULL THEN \(unescaped: devices).enrolled_at ELSE now() END,
+                revoked_at = NULL
+            WHERE \(unescaped: devices).signing_key = EXCLUDED.signing_key OR \(unescaped: devices).revoked_at IS NOT NULL
             RETURNING signing_key
             """, logger: context.logger).collect()
         guard let stored = try rows.first?.decode(ByteBuffer.self), stored == signing else { throw Problem.alreadyEnrolled }
@@ -305,15 +351,37 @@ struct RequestHandler: Sendable {
     }
 
     func enrolledSigningKey(_ deviceRef: [UInt8]) async throws -> Curve25519.Signing.PublicKey {
+        try await enrolledDevice(deviceRef).signingKey
+    }
+
+    struct EnrolledDevice {
+        let signingKey: Curve25519.Signing.PublicKey
+        let encryptionKey: [UInt8]
+        let accountRef: [UInt8]?
+        let enrolledAt: Date
+    }
+
+    /// The enrolled device; a revoked one is refused at once (`revoked_device`).
+    func enrolledDevice(_ deviceRef: [UInt8]) async throws -> EnrolledDevice {
         let ref = ByteBuffer(bytes: deviceRef)
         let rows = try await context.database.client.query("""
-            SELECT signing_key FROM \(unescaped: context.database.table("devices")) WHERE device_ref = \(ref) AND revoked_at IS NULL
+            SELECT signing_key, encryption_key, account_ref, enrolled_at, revoked_at IS NOT NULL
+            FROM \(unescaped: context.database.table("devices")) WHERE device_ref = \(ref)
             """, logger: context.logger).collect()
-        guard let raw = try rows.first?.decode(ByteBuffer.self),
-              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(raw.readableBytesView)) else {
+        guard let row = rows.first else { throw Problem.unknownDevice }
+        let (signing, encryption, account, enrolledAt, revoked) = try row.decode((ByteBuffer, ByteBuffer, ByteBuffer?, Date, Bool).self)
+        guard !revoked else { throw Problem.revokedDevice }
+        guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(signing.readableBytesView)) else {
             throw Problem.unknownDevice
         }
-        return key
+        return EnrolledDevice(signingKey: key, encryptionKey: Array(encryption.readableBytesView),
+                              accountRef: account.map { Array($0.readableBytesView) }, enrolledAt: enrolledAt)
+    }
+
+    func verify(_ request: Request, body: [UInt8], with key: Curve25519.Signing.PublicKey, path: String, method: String) throws {
+        guard let signature = request.headers[Self.signatureHeader],
+              DeviceRequestSignature.isValid(signature: signature, publicKey: key, method: method, path: path, body: body)
+        else { throw Problem.badSignature }
     }
 
     /// Nonces only matter while their timestamp is fresh; older ones are deleted.

@@ -33,6 +33,13 @@ struct Problem: Error, Sendable, Equatable {
                                            detail: "the Veil-Enrollment-Token header is missing or wrong")
     static let alreadyEnrolled = Problem(status: .conflict, code: "already_enrolled",
                                          detail: "this device id is enrolled with other keys")
+    static let revokedDevice = Problem(status: .forbidden, code: "revoked_device", detail: "this device was revoked; enroll it again")
+    static let deviceNotBound = Problem(status: .forbidden, code: "device_not_bound",
+                                        detail: "service requests need a device enrolled to an account with a one-time code")
+    static let invalidEnrollmentCode = Problem(status: .forbidden, code: "invalid_enrollment_code",
+                                               detail: "the one-time code is wrong, used, expired or locked after too many attempts")
+    static let adminRefused = Problem(status: .unauthorized, code: "admin_refused",
+                                      detail: "send Authorization: Bearer <VEIL_INGRESS_ADMIN_TOKEN>")
     static let notFound = Problem(status: .notFound, code: "not_found", detail: "no such inquiry")
     static let unavailable = Problem(status: .serviceUnavailable, code: "unavailable",
                                      detail: "the inquiry could not be handed to Veil's pipeline; retry with a new nonce")

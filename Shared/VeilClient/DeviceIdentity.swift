@@ -137,6 +137,10 @@ public struct DeviceEnrollment: Codable, Sendable, Equatable {
     public var encryptionKey: String
     public var timestamp: Int64
     public var nonce: String
+    /// With `enrollmentCode`: the customer account the device is bound to.
+    public var accountId: String?
+    /// The one-time code the customer received out of band for `accountId`.
+    public var enrollmentCode: String?
 }
 
 /// `202` answer of `POST /v1/inquiries` and answer of `GET /v1/inquiries/{id}`.

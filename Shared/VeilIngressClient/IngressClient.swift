@@ -1,5 +1,6 @@
 import Foundation
 @_exported import VeilClient
+@_exported import VeilContracts
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -40,6 +41,32 @@ public struct IngressClient: Sendable {
         let (status, body) = try await send(try device.enrollment(),
                                             headers: enrollmentToken.map { ["Veil-Enrollment-Token": $0] } ?? [:])
         guard status == 201 else { throw Self.failure(status, body) }
+    }
+
+    /// Enrolls the device bound to `accountId` with the one-time code the customer received.
+    public func enroll(_ device: DeviceIdentity, accountId: String, code: String) async throws {
+        let (status, body) = try await send(try device.enrollment(accountId: accountId, code: code))
+        guard status == 201 else { throw Self.failure(status, body) }
+    }
+
+    /// The dispatcher's public encryption key, to seal service requests to.
+    public func dispatcherKey() async throws -> PublishedEncryptionKey {
+        let (data, response) = try await session.data(from: baseURL.appendingPathComponent("v1/keys/dispatcher"))
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard status == 200 else { throw Self.failure(status, data) }
+        return try JSONDecoder().decode(PublishedEncryptionKey.self, from: data)
+    }
+
+    /// Sends a service request sealed to the dispatcher; returns its id once accepted (`202`).
+    public func submit(_ device: DeviceIdentity, _ request: ServiceRequestPayload,
+                       dispatcher: PublishedEncryptionKey? = nil) async throws -> ServiceRequestReceipt {
+        let key: PublishedEncryptionKey
+        if let dispatcher { key = dispatcher } else { key = try await dispatcherKey() }
+        let (status, body) = try await send(try device.serviceRequest(request, dispatcher: key))
+        guard status == 202 else { throw Self.failure(status, body) }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return try decoder.decode(ServiceRequestReceipt.self, from: body)
     }
 
     /// Sends an inquiry; returns its id and status once Veil's pipeline accepted it (`202`).

@@ -1,4 +1,5 @@
 import AnonymizerService
+import DispatcherService
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -51,6 +52,8 @@ final class LogCapture: Sendable {
 /// and a fresh development key set, exactly as their executables wire them.
 final class PipelineWorld: Sendable {
     static let inquiryServices: [ServiceName] = [.ingress, .anonymizer, .keyVault, .matcher, .merger]
+    /// Every service with a schema and role in these tests.
+    static let provisioned: [ServiceName] = inquiryServices + [.dispatcher]
 
     let cluster: EmbeddedKafkaCluster
     let keys: KeyFolder
@@ -79,13 +82,13 @@ final class PipelineWorld: Sendable {
         let admin = try DatabaseConfiguration(url: url)
         let quiet = { var logger = Logger(label: "test"); logger.logLevel = .error; return logger }()
         try await withAdmin(admin) { client in
-            for service in inquiryServices {
+            for service in provisioned {
                 try await client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA IF EXISTS \(service.schema) CASCADE"), logger: quiet)
             }
         }
         var roles: [ServiceName: DatabaseConfiguration] = [:]
         let provisioner = DatabaseProvisioner(admin: admin, logger: quiet)
-        for service in inquiryServices {
+        for service in provisioned {
             roles[service] = try await provisioner.provision(schema: service.schema, password: "test-\(service.schema)")
         }
         let cluster = try EmbeddedKafkaCluster(brokers: 1)
@@ -117,7 +120,8 @@ final class PipelineWorld: Sendable {
         case .keyVault: KeyVault.runtime
         case .matcher: Matcher.runtime
         case .merger: Merger.runtime
-        default: fatalError("not part of the inquiry pipeline")
+        case .dispatcher: Dispatcher.runtime
+        default: fatalError("not part of these tests")
         }
     }
 

@@ -53,6 +53,16 @@ struct ContractsCommand: ParsableCommand {
                 (MessageType.keyGranted, .keysGrants, PartLabel.grant, "KeyGrant",
                  ContractCoding.encode(KeyGrant(purpose: .record, keys: [.init(version: 1, material: Data(key.rawBytes), active: false),
                                                                           .init(version: 2, material: Data(key.rawBytes), active: true)]))),
+                (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.serviceRequest, "ServiceRequestPayload",
+                 ContractCoding.encode(ServiceRequestPayload(category: "outage", priority: 4, description: "No signal since 9am",
+                                                             region: "north", tier: "gold"))),
+                (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.serviceRequest, "ServiceRequestPayload",
+                 ContractCoding.encode(ServiceRequestPayload(category: "question", priority: 1, description: "When is my next visit?"))),
+                (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.authentication, "SignedAssertion",
+                 ContractCoding.encode(SignedAssertion(assertion: Data(ContractCoding.encode(AuthAssertion(
+                     requestId: MessageID.generate().description, accountRef: hash, deviceRef: hash,
+                     deviceEncryptionKey: Data(key.rawBytes), method: "device-signature", enrolledAt: Date(), authenticatedAt: Date()))),
+                     signature: Data(repeating: 7, count: 64), signerKeyId: "ingress.signing", signerVersion: 1))),
             ]
             // The payload bytes are spliced in exactly as ContractCoding wrote them.
             let objects = samples.map { type, topic, part, schema, payload in

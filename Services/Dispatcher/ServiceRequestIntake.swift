@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+import PostgresNIO
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// The dispatcher's stage on `veil.service-requests.v1`: opens the device's sealed
+/// request, checks ingress's signed authentication assertion, validates, stores the
+/// enterprise record (the description sealed at rest), decides what it needs by the
+/// rules and, for a technician, hands it to the `AssignmentEngine`.
+public struct ServiceRequestIntake: EnvelopeHandler {
+    let engine: AssignmentEngine
+    let rules: DispatchRules
+    let logger: Logger
+
+    public init(engine: AssignmentEngine, rules: DispatchRules, logger: Logger) {
+        self.engine = engine
+        self.rules = rules
+        self.logger = logger
+    }
+
+    public static let migrations: [Migration] = [
+        Migration("011_dispatch_service_requests", sql: """
+            CREATE TABLE {schema}.service_requests (
+                id                    uuid PRIMARY KEY,
+                account_ref           bytea NOT NULL,
+                device_ref            bytea NOT NULL,
+                device_encryption_key bytea NOT NULL,
+                category              text NOT NULL,
+                priority              integer NOT NULL,
+                region                text,
+                tier                  text,
+                description_sealed    bytea NOT NULL,      -- ChaCha20-Poly1305 under the dispatcher's at-rest key
+                at_rest_key_version   integer NOT NULL,
+                action                text NOT NULL,
+                rule                  text,
+                assertion             jsonb NOT NULL,      -- ingress's signed assertion, kept for transfers
+                created_at            timestamptz NOT NULL DEFAULT now()
+            );
+            """),
+    ]
+
+    public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        guard envelope.header.type == MessageType.serviceRequestSubmitted else {
+            throw StageError.permanent("dispatch.unsupported_type", "not a service request")
+        }
+        let assertion = try Self.verifiedAssertion(envelope, directory: codec.directory)
+        guard let bytes = envelope.payload(PartLabel.serviceRequest),
+              let request = try? ContractCoding.decode(ServiceRequestPayload.self, from: bytes) else {
+            throw StageError.permanent("dispatch.bad_payload", "no readable service-request part")
+        }
+        try Self.validate(request)
+        let decision = rules.decide(.init(category: request.category, priority: request.priority,
+                                          description: request.description, tier: request.tier))
+        guard let atRest = codec.identity.atRestKey("service-requests") else {
+            throw StageError.permanent("dispatch.no_key", "no encryption key to derive the at-rest key from")
+        }
+        let id = envelope.header.id.uuid
+        let sealed = try VersionedKey(version: atRest.version, key: atRest.key)
+            .seal(Array(request.description.utf8), aad: Array(id.uuidString.lowercased().utf8))
+        let table = engine.database.table("service_requests")
+        let assertionJSON = String(decoding: ContractCoding.encode(assertion.signed), as: UTF8.self)
+        try await engine.database.client.query("""
+            INSERT INTO \(unescaped: table) (id, account_ref, device_ref, device_encryption_key, category, priority, region, tier,
+                description_sealed, at_rest_key_version, action, rule, assertion)
+            VALUES (\(id), \(ByteBuffer(bytes: assertion.claims.accountRef)), \(ByteBuffer(bytes: assertion.claims.deviceRef)),
+                    \(ByteBuffer(bytes: assertion.claims.deviceEncryptionKey)), \(request.category.lowercased()), \(decision.priority),
+                    \(request.region), \(request.tier), \(ByteBuffer(bytes: sealed)), \(Int32(atRest.version)),
+                    \(decision.action.rawValue), \(decision.rule), \(assertionJSON)::jsonb)
+            ON CONFLICT (id) DO NOTHING
+            """, logger: logger)
+        logger.info("service request filed", metadata: ["request.id": "\(envelope.header.id)", "action": "\(decision.action.rawValue)",
+                                                        "rule": "\(decision.rule ?? "-")"])
+        if decision.action == .technician {
+            let offer = try await engine.submit(DispatchRequest(id: id, category: request.category.lowercased(), priority: decision.priority,
+                                                                region: request.region, requiredSkills: decision.skills))
+            if let offer {
+                logger.info("offered", metadata: ["request.id": "\(envelope.header.id)", "technician": "\(offer.technicianID)"])
+            }
+        }
+        return []
+    }
+
+    /// Ingress's assertion, verified: signed by an active ingress signing key, for this request.
+    static func verifiedAssertion(_ envelope: VerifiedEnvelope, directory: KeyDirectoryStore) throws -> (signed: SignedAssertion, claims: AuthAssertion) {
+        guard let bytes = envelope.payload(PartLabel.authentication),
+              let signed = try? ContractCoding.decode(SignedAssertion.self, from: bytes),
+              let signer = directory.activeSigningKey(KeyReference(keyID: signed.signerKeyId, version: signed.signerVersion)),
+              signer.owner == ServiceName.ingress.rawValue,
+              signer.key.isValidSignature(signed.signature, for: SignedAssertion.context + Array(signed.assertion)),
+              let claims = try? ContractCoding.decode(AuthAssertion.self, from: Array(signed.assertion)),
+              claims.requestId == envelope.header.id.description, claims.deviceEncryptionKey.count == 32 else {
+            throw StageError.permanent("dispatch.bad_assertion", "the authentication assertion is missing, forged or for another request")
+        }
+        return (signed, claims)
+    }
+
+    static func validate(_ r: ServiceRequestPayload) throws {
+        func token(_ s: String?) -> Bool {
+            guard let s else { return true }
+            return !s.isEmpty && s.utf8.count <= 32 && s.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || "0123456789-_".unicodeScalars.contains($0)) }
+        }
+        guard token(r.category), token(r.region), token(r.tier), (1...5).contains(r.priority),
+              !r.description.isEmpty, r.description.count <= 2_000 else {
+            throw StageError.permanent("dispatch.invalid_request",
+                                       "category/region/tier must be short tokens, priority 1-5, description 1-2000 characters")
+        }
+    }
+}
