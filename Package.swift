@@ -15,7 +15,7 @@ let services: [(target: String, folder: String, library: Bool)] = [
     ("matcher", "Matcher", true),
     ("merger", "Merger", true),
     ("dispatcher", "Dispatcher", true),
-    ("technician-alerter", "TechnicianAlerter", false),
+    ("technician-alerter", "TechnicianAlerter", true),
 ]
 let serviceLibraries = services.filter(\.library).map { "\($0.folder)Service" }
 

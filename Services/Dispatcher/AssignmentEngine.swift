@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import PostgresNIO
 import VeilStore
 
@@ -34,9 +35,16 @@ public struct Technician: Sendable, Hashable, Codable {
     /// Shift in UTC, `HH:MM` (an overnight shift has start > end); `nil`: always on shift.
     public var shiftStart: String?
     public var shiftEnd: String?
+    /// The technician device's Ed25519 and X25519 public keys (raw): alerts are sealed to
+    /// the second, answers must be signed with the first.
+    public var signingKey: Data?
+    public var encryptionKey: Data?
 
     public init(id: String, name: String, skills: [String], regions: [String], homeRegion: String? = nil,
-                capacity: Int = 1, activity: String = "available", shiftStart: String? = nil, shiftEnd: String? = nil) {
+                capacity: Int = 1, activity: String = "available", shiftStart: String? = nil, shiftEnd: String? = nil,
+                signingKey: Data? = nil, encryptionKey: Data? = nil) {
+        self.signingKey = signingKey
+        self.encryptionKey = encryptionKey
         self.id = id
         self.name = name
         self.skills = skills
@@ -152,6 +160,10 @@ public struct AssignmentEngine: Sendable {
             );
             CREATE INDEX reservations_pending ON {schema}.reservations (expires_at) WHERE status = 'pending';
             """),
+        Migration("012_dispatch_technician_devices", sql: """
+            ALTER TABLE {schema}.technicians ADD COLUMN device_signing_key bytea;
+            ALTER TABLE {schema}.technicians ADD COLUMN device_encryption_key bytea;
+            """),
     ]
 
     // MARK: Technicians (the admin API and `veilctl` seed them)
@@ -165,13 +177,21 @@ public struct AssignmentEngine: Sendable {
               [t.shiftStart, t.shiftEnd].allSatisfy({ $0 == nil || Self.isClockTime($0!) }) else {
             throw AssignmentError.invalid("shiftStart and shiftEnd must both be HH:MM (UTC) or both absent")
         }
+        guard [t.signingKey, t.encryptionKey].allSatisfy({ $0 == nil || $0!.count == 32 }) else {
+            throw AssignmentError.invalid("device keys must be raw 32-byte public keys")
+        }
+        let signing = t.signingKey.map { ByteBuffer(bytes: $0) }, encryption = t.encryptionKey.map { ByteBuffer(bytes: $0) }
         try await database.client.query("""
-            INSERT INTO \(unescaped: table("technicians")) (id, name, skills, regions, home_region, capacity, activity, shift_start, shift_end)
+            INSERT INTO \(unescaped: table("technicians")) (id, name, skills, regions, home_region, capacity, activity, shift_start, shift_end,
+                device_signing_key, device_encryption_key)
             VALUES (\(t.id), \(t.name), \(t.skills), \(t.regions), \(t.homeRegion), \(t.capacity), \(t.activity),
-                    \(t.shiftStart)::time, \(t.shiftEnd)::time)
+                    \(t.shiftStart)::time, \(t.shiftEnd)::time, \(signing), \(encryption))
             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, skills = EXCLUDED.skills, regions = EXCLUDED.regions,
                 home_region = EXCLUDED.home_region, capacity = EXCLUDED.capacity, activity = EXCLUDED.activity,
-                shift_start = EXCLUDED.shift_start, shift_end = EXCLUDED.shift_end, updated_at = now()
+                shift_start = EXCLUDED.shift_start, shift_end = EXCLUDED.shift_end,
+                device_signing_key = coalesce(EXCLUDED.device_signing_key, \(unescaped: table("technicians")).device_signing_key),
+                device_encryption_key = coalesce(EXCLUDED.device_encryption_key, \(unescaped: table("technicians")).device_encryption_key),
+                updated_at = now()
             """, logger: logger)
     }
 

@@ -16,8 +16,13 @@ public enum Dispatcher {
         let settings = try DispatcherSettings(context.configuration)
         let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
         let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, logger: context.logger)
-        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: intake),
-                            services: [DispatchClock(engine: engine, logger: context.logger)])
+        let clock = DispatchClock(engine: engine, logger: context.logger) { offers in
+            for offer in offers {
+                guard let alert = try await intake.messages.alert(for: offer, codec: context.codec) else { continue }
+                _ = try await context.producer.send(alert)
+            }
+        }
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: intake), services: [clock])
     }
 }
 
@@ -53,11 +58,15 @@ public struct DispatchClock: Service {
     let engine: AssignmentEngine
     let logger: Logger
     let interval: Duration
+    /// Publishes the alerts of the offers a tick made.
+    let publish: @Sendable ([Reservation]) async throws -> Void
 
-    public init(engine: AssignmentEngine, logger: Logger, interval: Duration = .seconds(1)) {
+    public init(engine: AssignmentEngine, logger: Logger, interval: Duration = .seconds(1),
+                publish: @escaping @Sendable ([Reservation]) async throws -> Void = { _ in }) {
         self.engine = engine
         self.logger = logger
         self.interval = interval
+        self.publish = publish
     }
 
     public func run() async throws {
@@ -68,10 +77,10 @@ public struct DispatchClock: Service {
         let acceptance = Gauge(label: "veil_dispatch_average_acceptance_seconds")
         while !Task.isCancelled {
             do {
-                _ = try await engine.expireReservations()
+                try await publish(try await engine.expireReservations())
                 let escalated = try await engine.escalate()
                 if !escalated.isEmpty { logger.warning("requests escalated", metadata: ["count": "\(escalated.count)"]) }
-                _ = try await engine.offerWaiting()
+                try await publish(try await engine.offerWaiting())
                 let s = try await engine.statistics()
                 let values = [Double(s.waiting), s.longestWaitSeconds, Double(s.escalated), Double(s.offered), Double(s.assigned)]
                 for ((_, gauge), value) in zip(gauges, values) { gauge.record(value) }

@@ -16,11 +16,15 @@ public struct ServiceRequestIntake: EnvelopeHandler {
     let engine: AssignmentEngine
     let rules: DispatchRules
     let logger: Logger
+    let messages: DispatchMessages
+    let answers: AnswerHandling
 
     public init(engine: AssignmentEngine, rules: DispatchRules, logger: Logger) {
         self.engine = engine
         self.rules = rules
         self.logger = logger
+        messages = DispatchMessages(engine: engine, logger: logger)
+        answers = AnswerHandling(messages: messages, logger: logger)
     }
 
     public static let migrations: [Migration] = [
@@ -45,8 +49,9 @@ public struct ServiceRequestIntake: EnvelopeHandler {
     ]
 
     public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        if envelope.header.type == MessageType.assignmentAnswered { return try await answers.handle(envelope, codec: codec) }
         guard envelope.header.type == MessageType.serviceRequestSubmitted else {
-            throw StageError.permanent("dispatch.unsupported_type", "not a service request")
+            throw StageError.permanent("dispatch.unsupported_type", "not a service request or a technician's answer")
         }
         let assertion = try Self.verifiedAssertion(envelope, directory: codec.directory)
         guard let bytes = envelope.payload(PartLabel.serviceRequest),
@@ -75,14 +80,21 @@ public struct ServiceRequestIntake: EnvelopeHandler {
             """, logger: logger)
         logger.info("service request filed", metadata: ["request.id": "\(envelope.header.id)", "action": "\(decision.action.rawValue)",
                                                         "rule": "\(decision.rule ?? "-")"])
+        var outputs: [OutgoingMessage] = []
+        if let received = try await messages.notification(id, status: "received", technician: nil,
+                                                          message: "We received your request.",
+                                                          id: .derived(from: envelope.header.id, stage: "dispatcher.received"), codec: codec) {
+            outputs.append(received)
+        }
         if decision.action == .technician {
             let offer = try await engine.submit(DispatchRequest(id: id, category: request.category.lowercased(), priority: decision.priority,
                                                                 region: request.region, requiredSkills: decision.skills))
             if let offer {
                 logger.info("offered", metadata: ["request.id": "\(envelope.header.id)", "technician": "\(offer.technicianID)"])
+                if let alert = try await messages.alert(for: offer, codec: codec) { outputs.append(alert) }
             }
         }
-        return []
+        return outputs
     }
 
     /// Ingress's assertion, verified: signed by an active ingress signing key, for this request.

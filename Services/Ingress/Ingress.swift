@@ -61,12 +61,22 @@ public enum Ingress {
                 accepted_at timestamptz NOT NULL DEFAULT now()
             );
             """),
+        Migration("003_ingress_inbox", sql: """
+            CREATE TABLE {schema}.inbox (
+                id           uuid PRIMARY KEY,          -- the notification's message id
+                device_ref   bytea NOT NULL,
+                request_id   text NOT NULL,
+                notification bytea NOT NULL,            -- sealed to the device; ingress cannot open it
+                created_at   timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX inbox_device ON {schema}.inbox (device_ref, created_at);
+            """),
     ]
 
-    /// The ingress process: the HTTP API beside a stage that (until the service-request
-    /// issue) verifies and dead-letters what arrives on its topics.
+    /// The ingress process: the HTTP API beside a stage that files customer confirmations
+    /// (sealed to their devices) in the devices' inboxes.
     public static let runtime = ServiceRuntime(service: .ingress, migrations: migrations) { context in
-        ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: UnsupportedEnvelopeHandler()), services: [try api(context)])
+        ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: InboxStage(context: context)), services: [try api(context)])
     }
 
     /// The HTTP API as a service of the ingress process.
@@ -126,6 +136,9 @@ public struct IngressAPI: Service {
         router.get("/v1/inquiries/{id}") { _, routeContext in
             await handler.respond { try await handler.status(routeContext.parameters.get("id") ?? "") }
         }
+        router.get("/v1/devices/{id}/inbox") { request, routeContext in
+            await handler.respond { try await handler.inbox(request, deviceId: routeContext.parameters.get("id") ?? "") }
+        }
         router.post("/v1/service-requests") { request, _ in await handler.respond { try await handler.submitServiceRequest(request) } }
         router.get("/v1/keys/{service}") { _, routeContext in
             await handler.respond { try handler.publishedKey(routeContext.parameters.get("service") ?? "") }
@@ -163,7 +176,7 @@ struct RequestHandler: Sendable {
         } catch {
             context.metrics.error(code: "ingress.internal")
             context.logger.error("request failed", metadata: ["error": "\(safeDescription(error))"])
-            return Problem(status: .internalServerError, code: "internal", detail: "internal error").response
+            return Problem.internalError.response
         }
     }
 
@@ -303,27 +316,7 @@ struct RequestHandler: Sendable {
     }
 
     func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> ([UInt8], T) {
-        if let contentType = request.headers[.contentType], !contentType.lowercased().hasPrefix("application/json") {
-            throw Problem.unsupportedMediaType
-        }
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: settings.maxBodyBytes)
-        } catch {
-            throw Problem.bodyTooLarge
-        }
-        let bytes = Array(buffer.readableBytesView)
-        do {
-            return (bytes, try JSONDecoder().decode(type, from: Data(bytes)))
-        } catch DecodingError.keyNotFound(let key, _) {
-            throw Problem.missingField(key.stringValue)
-        } catch DecodingError.valueNotFound(_, let context) {
-            throw Problem.missingField(context.codingPath.map(\.stringValue).joined(separator: "."))
-        } catch DecodingError.typeMismatch(_, let context) {
-            throw Problem.invalidField(context.codingPath.map(\.stringValue).joined(separator: "."), "has the wrong type")
-        } catch {
-            throw Problem.malformedJSON()
-        }
+        try await Problem.decodeJSON(type, from: request, maxBytes: settings.maxBodyBytes)
     }
 
     func validate(id: String, field: String) throws {
@@ -345,9 +338,7 @@ struct RequestHandler: Sendable {
     }
 
     func checkFreshness(_ timestamp: Int64) throws {
-        let now = DeviceRequestSignature.milliseconds(Date())
-        let skew = settings.clockSkew.components.seconds * 1000
-        guard abs(now - timestamp) <= skew else { throw Problem.staleRequest }
+        guard DeviceRequestSignature.isFresh(timestamp, skew: settings.clockSkew) else { throw Problem.staleRequest }
     }
 
     func enrolledSigningKey(_ deviceRef: [UInt8]) async throws -> Curve25519.Signing.PublicKey {

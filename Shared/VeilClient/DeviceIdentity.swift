@@ -98,6 +98,11 @@ public enum DeviceRequestSignature {
     }
 
     public static func milliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded(.down)) }
+
+    /// Whether a request's `timestamp` is within `skew` of `now` (what a server checks).
+    public static func isFresh(_ timestamp: Int64, skew: Duration, now: Date = Date()) -> Bool {
+        abs(milliseconds(now) - timestamp) <= skew.components.seconds * 1000
+    }
 }
 
 public enum DeviceRequestError: Error, Sendable {

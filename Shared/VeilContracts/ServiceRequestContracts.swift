@@ -83,3 +83,133 @@ public struct SignedAssertion: Codable, Sendable, Equatable {
         self.signerVersion = signerVersion
     }
 }
+
+// MARK: Technician alerts, answers and customer confirmations
+
+extension MessageType {
+    /// An offer to a technician: dispatcher → technician-alerter (`veil.dispatch.assignments.v1`).
+    public static let assignmentOffered = "veil.assignment.offered.v1"
+    /// A technician's signed answer: technician-alerter → dispatcher (`veil.dispatch.responses.v1`).
+    public static let assignmentAnswered = "veil.assignment.answered.v1"
+    /// A confirmation for the customer's device: dispatcher → ingress (`veil.customer.notifications.v1`).
+    public static let notificationSent = "veil.notification.sent.v1"
+}
+
+extension PartLabel {
+    /// What the technician needs to know, sealed to the technician's device key.
+    public static let alert = "alert"
+    /// Where to deliver a part the deliverer cannot open: sealed to the technician-alerter or ingress.
+    public static let routing = "routing"
+    /// The technician's answer, sealed on the technician's device to the dispatcher.
+    public static let answer = "answer"
+    /// The technician's signed request body, forwarded by the alerter so the dispatcher verifies it itself.
+    public static let technicianSignature = "technician-signature"
+    /// A confirmation, sealed to the customer's device key.
+    public static let notification = "notification"
+}
+
+/// Part `alert`: what the technician's device shows.
+public struct AlertPayload: Codable, Sendable, Equatable {
+    public var reservationId: String
+    public var requestId: String
+    public var category: String
+    public var priority: Int
+    public var region: String?
+    public var description: String
+    public var expiresAt: Date
+
+    public init(reservationId: String, requestId: String, category: String, priority: Int, region: String?,
+                description: String, expiresAt: Date) {
+        self.reservationId = reservationId
+        self.requestId = requestId
+        self.category = category
+        self.priority = priority
+        self.region = region
+        self.description = description
+        self.expiresAt = expiresAt
+    }
+}
+
+/// Part `routing` of an offer: which technician, and the key their requests are signed with.
+public struct AlertRouting: Codable, Sendable, Equatable {
+    public var technicianId: String
+    public var reservationId: String
+    public var expiresAt: Date
+    /// The technician device's Ed25519 public key.
+    public var signingKey: Data
+
+    public init(technicianId: String, reservationId: String, expiresAt: Date, signingKey: Data) {
+        self.technicianId = technicianId
+        self.reservationId = reservationId
+        self.expiresAt = expiresAt
+        self.signingKey = signingKey
+    }
+}
+
+/// What a technician answers to an offer.
+public enum TechnicianAction: String, Codable, Sendable, CaseIterable {
+    case accept, decline, enRoute = "en-route", completed
+}
+
+/// Part `answer`: sealed on the technician's device to the dispatcher.
+public struct TechnicianAnswer: Codable, Sendable, Equatable {
+    public var reservationId: String
+    public var technicianId: String
+    public var action: TechnicianAction
+    /// Why a decline, or notes on completion.
+    public var note: String?
+
+    public init(reservationId: String, technicianId: String, action: TechnicianAction, note: String? = nil) {
+        self.reservationId = reservationId
+        self.technicianId = technicianId
+        self.action = action
+        self.note = note
+    }
+}
+
+/// Part `technician-signature`: the exact request body the technician signed (which
+/// contains the sealed answer) and the signature, for the dispatcher to verify.
+public struct TechnicianSignature: Codable, Sendable, Equatable {
+    public var method: String
+    public var path: String
+    public var body: Data
+    public var signature: Data
+
+    public init(method: String, path: String, body: Data, signature: Data) {
+        self.method = method
+        self.path = path
+        self.body = body
+        self.signature = signature
+    }
+}
+
+/// Part `routing` of a notification: whose inbox it goes to.
+public struct NotificationRouting: Codable, Sendable, Equatable {
+    /// `anonymizedDeviceId` of the customer's device.
+    public var deviceRef: Data
+    public var requestId: String
+
+    public init(deviceRef: Data, requestId: String) {
+        self.deviceRef = deviceRef
+        self.requestId = requestId
+    }
+}
+
+/// Part `notification`: what the customer's device shows.
+public struct CustomerNotification: Codable, Sendable, Equatable {
+    public var requestId: String
+    /// `received`, `assigned`, `en-route`, `completed`.
+    public var status: String
+    /// The technician's first name, when one is assigned.
+    public var technician: String?
+    public var message: String
+    public var at: Date
+
+    public init(requestId: String, status: String, technician: String?, message: String, at: Date) {
+        self.requestId = requestId
+        self.status = status
+        self.technician = technician
+        self.message = message
+        self.at = at
+    }
+}

@@ -69,6 +69,26 @@ public struct IngressClient: Sendable {
         return try decoder.decode(ServiceRequestReceipt.self, from: body)
     }
 
+    /// Reads `path` with a signed read (`Veil-Signature` + `Veil-Timestamp`) and decodes the JSON answer.
+    public func read<T: Decodable>(_ path: String, as type: T.Type, by device: DeviceIdentity, baseURL: URL? = nil) async throws -> T {
+        let signed = try device.signedRead(path)
+        var request = URLRequest(url: (baseURL ?? self.baseURL).appendingPathComponent(String(path.dropFirst())))
+        request.setValue(signed.signature, forHTTPHeaderField: DeviceRequestSignature.header)
+        request.setValue(String(signed.timestamp), forHTTPHeaderField: SignedRead.timestampHeader)
+        let (data, response) = try await session.data(for: request)
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard status == 200 else { throw Self.failure(status, data) }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return try decoder.decode(type, from: data)
+    }
+
+    /// The device's confirmations (sealed to it), opened.
+    public func inbox(_ device: DeviceIdentity) async throws -> [CustomerNotification] {
+        let items = try await read("/v1/devices/\(device.deviceId)/inbox", as: [SealedDelivery].self, by: device)
+        return try items.map { try device.open($0, as: CustomerNotification.self) }
+    }
+
     /// Sends an inquiry; returns its id and status once Veil's pipeline accepted it (`202`).
     public func inquire(_ device: DeviceIdentity, userId: String, channel: String = "app", appVersion: String = "1.0.0",
                         appData: [String: String] = [:]) async throws -> InquiryStatus {

@@ -119,6 +119,8 @@ public struct ServiceConfiguration: Sendable {
                               "merger: downstream providers the insights are sealed to (comma-separated key-directory parties)"),
         ConfigurationVariable("VEIL_MERGER_PUBLISH", default: "true", "merger: publish insights on veil.insights.v1"),
         ConfigurationVariable("VEIL_MERGER_SAVE", default: "true", "merger: save insights in its schema for future inquiries"),
+        ConfigurationVariable("VEIL_ALERTER_HTTP_PORT", default: "8081",
+                              "technician-alerter: port of the technician API (/v1/technicians/{id}/alerts, /answers)"),
         ConfigurationVariable("VEIL_DISPATCH_RULES_FILE",
                               "dispatcher: JSON rules deciding what a request needs (technician, agent, none); default: built-in rules"),
         ConfigurationVariable("VEIL_DISPATCH_RESERVATION_TIMEOUT_SECONDS", default: "60",

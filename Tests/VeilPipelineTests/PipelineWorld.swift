@@ -1,5 +1,6 @@
 import AnonymizerService
 import DispatcherService
+import TechnicianAlerterService
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -53,7 +54,7 @@ final class LogCapture: Sendable {
 final class PipelineWorld: Sendable {
     static let inquiryServices: [ServiceName] = [.ingress, .anonymizer, .keyVault, .matcher, .merger]
     /// Every service with a schema and role in these tests.
-    static let provisioned: [ServiceName] = inquiryServices + [.dispatcher]
+    static let provisioned: [ServiceName] = inquiryServices + [.dispatcher, .technicianAlerter]
 
     let cluster: EmbeddedKafkaCluster
     let keys: KeyFolder
@@ -121,6 +122,7 @@ final class PipelineWorld: Sendable {
         case .matcher: Matcher.runtime
         case .merger: Merger.runtime
         case .dispatcher: Dispatcher.runtime
+        case .technicianAlerter: TechnicianAlerter.runtime
         default: fatalError("not part of these tests")
         }
     }

@@ -193,3 +193,89 @@ func failure(_ body: () async throws -> some Any) async -> String {
         return problemCode(error)
     }
 }
+
+extension PipelineSuites {
+    @Suite("Technician dispatch end to end: alerts, answers, confirmations", .serialized, .timeLimit(.minutes(5)))
+    struct TechnicianDispatchTests {
+        @Test("an offer is alerted sealed to the technician; a decline moves it on; accept, en route and completed reach the customer's inbox; only the parties read it")
+        func dispatchEndToEnd() async throws {
+            let alerterPort = try freePort()
+            let world = try await PipelineWorld.start([.ingress, .dispatcher, .technicianAlerter], settings: [
+                "VEIL_INGRESS_ADMIN_TOKEN": PipelineWorld.adminToken, "VEIL_ALERTER_HTTP_PORT": String(alerterPort),
+            ])
+            defer { Task { await world.stop() } }
+            let alerter = URL(string: "http://127.0.0.1:\(alerterPort)")!
+            let ana = DeviceIdentity(deviceId: "tech-ana"), ben = DeviceIdentity(deviceId: "tech-ben")
+            try await world.withDispatch { engine in
+                for (device, name) in [(ana, "Ana Lopez"), (ben, "Ben Okafor")] {
+                    try await engine.upsert(Technician(id: device.deviceId, name: name, skills: ["network"], regions: ["north"], capacity: 1,
+                                                       signingKey: device.signingKey.publicKey.rawRepresentation,
+                                                       encryptionKey: device.encryptionKey.publicKey.rawRepresentation))
+                }
+            }
+            let code = try await world.enrollmentCode(for: "CUST-1")
+            let customer = DeviceIdentity(deviceId: "phone-\(UUID().uuidString.prefix(6))")
+            try await world.client.enroll(customer, accountId: "CUST-1", code: code)
+            let dispatcherKey = try await world.client.dispatcherKey()
+            let text = "No internet since this morning; the modem light is red"
+            let receipt = try await world.client.submit(customer, ServiceRequestPayload(category: "outage", priority: 4, description: text,
+                                                                                         region: "north"), dispatcher: dispatcherKey)
+
+            func firstAlert(_ device: DeviceIdentity) async throws -> AlertPayload {
+                let client = TechnicianClient(baseURL: alerter, device: device)
+                for _ in 0..<150 {
+                    if let alert = try? await client.alerts().first { return alert }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                throw CancellationError()
+            }
+            // Equal load, neither at home: the one offered longest ago (never), then by id: Ana.
+            let offered = try await firstAlert(ana)
+            #expect(offered.requestId == receipt.id && offered.description == text, "only Ana's device opens what she is offered")
+            try await TechnicianClient(baseURL: alerter, device: ana).answer(offered, .decline, note: "out of parts", dispatcher: dispatcherKey)
+
+            let moved = try await firstAlert(ben)
+            #expect(moved.requestId == receipt.id && moved.reservationId != offered.reservationId, "declined: the next candidate")
+            // Ana cannot answer Ben's offer: the alerter checks the key the offer came with.
+            let forged = try ana.answer(TechnicianAnswer(reservationId: moved.reservationId, technicianId: "tech-ben", action: .accept),
+                                        dispatcher: dispatcherKey)
+            let (status, _) = try await IngressClient(baseURL: alerter).send(forged)
+            #expect(status == 401, "signed by the wrong device")
+            let benClient = TechnicianClient(baseURL: alerter, device: ben)
+            for action in [TechnicianAction.accept, .enRoute, .completed] {
+                try await benClient.answer(moved, action, note: action == .completed ? "replaced the modem" : nil, dispatcher: dispatcherKey)
+            }
+
+            var statuses: [String] = []
+            for _ in 0..<150 where statuses.count < 4 {
+                statuses = try await world.client.inbox(customer).map(\.status)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(statuses == ["received", "assigned", "en-route", "completed"])
+            let notes = try await world.client.inbox(customer)
+            #expect(notes.last?.technician == "Ben" && notes.allSatisfy { $0.requestId == receipt.id })
+            #expect(try await world.adminCount("SELECT count(*) FROM dispatcher.dispatch_requests WHERE status = 'completed'") == 1)
+            #expect(try await world.adminCount("SELECT sum(active_load) FROM dispatcher.technicians") == 0)
+
+            // Sealed bytes only: no topic, log, or table of ingress or the alerter shows the
+            // description, the decline reason or the completion notes (the dispatcher keeps the
+            // description sealed at rest and a decline's reason for its statistics).
+            let topics = [Topic.serviceRequests, .dispatchAssignments, .dispatchResponses, .customerNotifications].map(\.name)
+            let messages = try await world.readAll(topics, idle: .seconds(3))
+            #expect(messages.count >= 10)
+            for secret in ["modem light", "out of parts", "replaced the modem"] {
+                let needle = Array(secret.utf8)
+                #expect(!messages.contains { $0.value.contains(needle) }, "\(secret) on a topic")
+                #expect(!world.logs.all.contains { $0.contains(secret) }, "\(secret) in a log")
+            }
+            let tables = try await world.adminStrings("""
+                SELECT coalesce(string_agg(t, ' '), '') FROM (
+                    SELECT row_to_json(a)::text AS t FROM technician_alerter.alerts a
+                    UNION ALL SELECT row_to_json(i)::text FROM ingress.inbox i
+                    UNION ALL SELECT row_to_json(s)::text FROM dispatcher.service_requests s) x
+                """).joined()
+            #expect(!tables.contains("modem") && !tables.contains("out of parts") && !tables.isEmpty)
+        }
+    }
+}
+

@@ -1,0 +1,208 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+import VeilClient
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// Delivers offers to technicians and carries their answers back. It never reads
+/// either: the alert is sealed to the technician's device, the answer to the dispatcher.
+/// Undelivered alerts are kept in its schema until they expire; a technician's app
+/// fetches them with a signed read, and posts signed answers.
+public enum TechnicianAlerter {
+    public static let migrations: [Migration] = [
+        Migration("001_alerter_alerts", sql: """
+            CREATE TABLE {schema}.alerts (
+                reservation_id uuid PRIMARY KEY,
+                technician_id  text NOT NULL,
+                alert          bytea NOT NULL,   -- the part sealed to the technician's device
+                signing_key    bytea NOT NULL,   -- the technician device's Ed25519 key, from the dispatcher
+                expires_at     timestamptz NOT NULL,
+                created_at     timestamptz NOT NULL DEFAULT now(),
+                delivered_at   timestamptz,
+                answered_at    timestamptz
+            );
+            CREATE INDEX alerts_technician ON {schema}.alerts (technician_id, created_at);
+            CREATE TABLE {schema}.answer_nonces (
+                technician_id text NOT NULL,
+                nonce         bytea NOT NULL,
+                seen_at       timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (technician_id, nonce)
+            );
+            """),
+    ]
+
+    public static let runtime = ServiceRuntime(service: .technicianAlerter, migrations: migrations) { context in
+        let port = try context.configuration.integer("VEIL_ALERTER_HTTP_PORT", in: 0...65535)
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: AlertStore(context: context)),
+                            services: [TechnicianAPI(context: context, port: port)])
+    }
+}
+
+/// The stage on `veil.dispatch.assignments.v1`: keeps each offer's sealed alert for its technician.
+public struct AlertStore: EnvelopeHandler {
+    let context: ServiceContext
+
+    public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        guard envelope.header.type == MessageType.assignmentOffered, let alert = envelope.part(PartLabel.alert),
+              let routingBytes = envelope.payload(PartLabel.routing),
+              let routing = try? ContractCoding.decode(AlertRouting.self, from: routingBytes),
+              let reservation = UUID(uuidString: routing.reservationId), routing.signingKey.count == 32 else {
+            throw StageError.permanent("alerter.bad_offer", "not an offer with a sealed alert and its routing")
+        }
+        try await context.database.client.query("""
+            INSERT INTO \(unescaped: context.database.table("alerts")) (reservation_id, technician_id, alert, signing_key, expires_at)
+            VALUES (\(reservation), \(routing.technicianId), \(ByteBuffer(bytes: Array(alert.bytes))),
+                    \(ByteBuffer(bytes: routing.signingKey)), \(routing.expiresAt))
+            ON CONFLICT (reservation_id) DO NOTHING
+            """, logger: context.logger)
+        context.logger.info("alert stored", metadata: ["reservation": "\(routing.reservationId)"])
+        return []
+    }
+}
+
+/// `GET /v1/technicians/{id}/alerts` (signed read) and `POST /v1/technicians/{id}/answers` (signed).
+public struct TechnicianAPI: Service {
+    let context: ServiceContext
+    let port: Int
+    let clockSkew: Duration = .seconds(300)
+    let onRunning: @Sendable (Int) async -> Void
+
+    public init(context: ServiceContext, port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+        self.context = context
+        self.port = port
+        self.onRunning = onRunning
+    }
+
+    static let signatureHeader = HTTPField.Name(DeviceRequestSignature.header)!
+    static let timestampHeader = HTTPField.Name(SignedRead.timestampHeader)!
+    static let unknownTechnician = Problem(status: .unauthorized, code: "unknown_technician",
+                                           detail: "no offer was ever made to this technician")
+
+    public func run() async throws {
+        let router = Router()
+        router.get("/v1/technicians/{id}/alerts") { request, routeContext in
+            await respond { try await alerts(request, technician: routeContext.parameters.get("id") ?? "") }
+        }
+        router.post("/v1/technicians/{id}/answers") { request, routeContext in
+            await respond { try await answer(request, technician: routeContext.parameters.get("id") ?? "") }
+        }
+        let onRunning = self.onRunning
+        let app = Application(router: router,
+                              configuration: .init(address: .hostname(context.configuration.adminHost, port: port),
+                                                   serverName: "veil-technician-alerter"),
+                              onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+                              logger: context.logger)
+        try await app.run()
+    }
+
+    func respond(_ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch let problem as Problem {
+            context.metrics.error(code: "alerter.\(problem.code)")
+            return problem.response
+        } catch {
+            context.logger.error("request failed", metadata: ["error": "\(safeDescription(error))"])
+            return Problem.internalError.response
+        }
+    }
+
+    /// The technician's undelivered, unexpired alerts (sealed), marked delivered.
+    func alerts(_ request: Request, technician: String) async throws -> Response {
+        let path = "/v1/technicians/\(technician)/alerts"
+        guard let signature = request.headers[Self.signatureHeader], let stamp = request.headers[Self.timestampHeader],
+              let timestamp = Int64(stamp) else { throw Problem.badSignature }
+        try checkFreshness(timestamp)
+        let key = try await signingKey(technician, reservation: nil)
+        guard let raw = Data(base64Encoded: signature),
+              key.isValidSignature(raw, for: SignedRead.signedBytes(path: path, timestamp: timestamp)) else { throw Problem.badSignature }
+        let rows = try await context.database.client.query("""
+            UPDATE \(unescaped: context.database.table("alerts")) SET delivered_at = coalesce(delivered_at, now())
+            WHERE technician_id = \(technician) AND answered_at IS NULL AND expires_at > now()
+            RETURNING reservation_id, alert, created_at
+            """, logger: context.logger).collect()
+        let deliveries = try rows.map { row in
+            let (id, alert, at) = try row.decode((UUID, ByteBuffer, Date).self)
+            return SealedDelivery(id: id.uuidString.lowercased(), requestId: "", sealed: Data(alert.readableBytesView).base64EncodedString(), at: at)
+        }.sorted { $0.at < $1.at }
+        return Response(status: .ok, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(deliveries))))
+    }
+
+    /// A signed answer: checked against the device key the offer came with, then carried
+    /// to the dispatcher with the technician's signature (the dispatcher checks it again).
+    func answer(_ request: Request, technician: String) async throws -> Response {
+        let path = "/v1/technicians/\(technician)/answers"
+        let (body, submission) = try await Problem.decodeJSON(TechnicianAnswerSubmission.self, from: request, maxBytes: 65_536)
+        guard let reservation = UUID(uuidString: submission.reservationId) else {
+            throw Problem.invalidField("reservationId", "must be a reservation id from an alert")
+        }
+        guard let nonce = Data(base64Encoded: submission.nonce), (16...64).contains(nonce.count) else {
+            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
+        }
+        guard let dispatcher = context.codec.directory.encryptionKey(of: ServiceName.dispatcher.rawValue),
+              let sealed = Data(base64Encoded: submission.answer), let part = try? SealedPart(serialized: Array(sealed)),
+              part.label == PartLabel.answer, part.recipients == [dispatcher.reference] else {
+            throw Problem.invalidField("answer", "must be a part labelled answer sealed to the dispatcher's current key")
+        }
+        let key = try await signingKey(technician, reservation: reservation)
+        guard let signature = request.headers[Self.signatureHeader], let raw = Data(base64Encoded: signature),
+              key.isValidSignature(raw, for: DeviceRequestSignature.signedBytes(method: "POST", path: path, body: body)) else {
+            throw Problem.badSignature
+        }
+        try checkFreshness(submission.timestamp)
+        let fresh = try await context.database.client.query("""
+            INSERT INTO \(unescaped: context.database.table("answer_nonces")) (technician_id, nonce)
+            VALUES (\(technician), \(ByteBuffer(bytes: nonce))) ON CONFLICT DO NOTHING RETURNING seen_at
+            """, logger: context.logger).collect()
+        guard !fresh.isEmpty else { throw Problem.replayedNonce }
+
+        let signed = TechnicianSignature(method: "POST", path: path, body: Data(body), signature: raw)
+        let draft = EnvelopeDraft(type: MessageType.assignmentAnswered, parts: [
+            .forwarded(part),
+            .sealed(PartLabel.technicianSignature, payload: ContractCoding.encode(signed), to: [ServiceName.dispatcher.rawValue]),
+        ])
+        let message = try context.codec.message(draft, topic: Topic.dispatchResponses.name, key: Array(technician.utf8))
+        do {
+            _ = try await context.producer.send(message)
+        } catch {
+            throw Problem(status: .serviceUnavailable, code: "unavailable", detail: "the answer could not be handed on; retry with a new nonce")
+        }
+        try await context.database.client.query("""
+            UPDATE \(unescaped: context.database.table("alerts")) SET answered_at = coalesce(answered_at, now())
+            WHERE reservation_id = \(reservation)
+            """, logger: context.logger)
+        return Response(status: .accepted, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(string: #"{"status":"accepted"}"#)))
+    }
+
+    /// The device key the dispatcher sent with the technician's offers (the newest, or
+    /// the one of `reservation`).
+    func signingKey(_ technician: String, reservation: UUID?) async throws -> Curve25519.Signing.PublicKey {
+        let alerts = context.database.table("alerts")
+        let rows = try await context.database.client.query("""
+            SELECT signing_key FROM \(unescaped: alerts)
+            WHERE technician_id = \(technician) AND (\(reservation)::uuid IS NULL OR reservation_id = \(reservation)::uuid)
+            ORDER BY created_at DESC LIMIT 1
+            """, logger: context.logger).collect()
+        guard let raw = try rows.first?.decode(ByteBuffer.self),
+              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(raw.readableBytesView)) else {
+            throw Self.unknownTechnician
+        }
+        return key
+    }
+
+    func checkFreshness(_ timestamp: Int64) throws {
+        guard DeviceRequestSignature.isFresh(timestamp, skew: clockSkew) else { throw Problem.staleRequest }
+    }
+}
