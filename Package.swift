@@ -89,13 +89,14 @@ let package = Package(
         // MARK: Tools
         .executableTarget(name: "veil-dev-broker", dependencies: ["VeilKafka", "VeilContracts", argumentParser],
                           path: "Tools/veil-dev-broker"),
-        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", "VeilClient", "VeilIngressClient", "KeyVaultService", argumentParser],
+        .executableTarget(name: "veilctl", dependencies: ["VeilService", "VeilEnvelope", "VeilClient", "VeilIngressClient", "KeyVaultService", "DispatcherService", argumentParser],
                           path: "Tools/veilctl"),
 
         // MARK: Benchmarks
         .target(name: "CKafkaBaseline", dependencies: ["CRdKafka"], path: "Benchmarks/CKafkaBaseline"),
         .executableTarget(name: "veil-bench", dependencies: [
             "VeilKafka", "VeilEnvelope", "VeilService", "VeilClient", "VeilIngressClient", "VeilContracts", "CKafkaBaseline", argumentParser,
+            "DispatcherService", "VeilStore", .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Benchmarks/veil-bench"),

@@ -389,11 +389,24 @@ struct LoadClient: Sendable {
         return try decoder.decode(InquiryStatus.self, from: Data(body.readableBytesView)).id
     }
 
+    /// Sends a signed request and returns the status and body.
+    func send(_ signed: SignedRequest) async throws -> (Int, Data) {
+        var request = HTTPClientRequest(url: baseURL + signed.path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: DeviceRequestSignature.header, value: signed.signature)
+        request.body = .bytes(ByteBuffer(bytes: signed.body))
+        let response = try await http.execute(request, timeout: .seconds(30))
+        let body = try await response.body.collect(upTo: 64 * 1024)
+        return (Int(response.status.code), Data(body.readableBytesView))
+    }
+
     func shutdown() { try? http.syncShutdown() }
 }
 
 final class Samples: Sendable {
     let values = Mutex<[Double]>([])
+    let strings = Mutex<[String]>([])
 }
 
 final class Counter: Sendable {

@@ -15,6 +15,7 @@ services=(ingress anonymizer key-vault matcher merger dispatcher technician-aler
 base_port=${VEIL_DEMO_ADMIN_PORT:-9101}
 
 source "$root/Deploy/local/services.sh"
+export VEIL_INGRESS_ADMIN_TOKEN=${VEIL_INGRESS_ADMIN_TOKEN:-demo-admin-token-$RANDOM$RANDOM}
 veil_keys_and_roles
 trap veil_stop_all EXIT
 echo "==> starting the seven services (logs in $logs)"
@@ -71,6 +72,34 @@ DATABASE_URL=$VEIL_DATABASE_URL_KEY_VAULT "$bin/key-vault" rotate-match-key 2>&1
 "$bin/veilctl" device inquire --device "$state/device.json" --url "$ingress_url" \
   --users-from "$state/customers.csv" --count 20 --concurrency 4 | sed -n 2p | sed 's/^/  after rotation: /'
 "$bin/veilctl" consume insights --keys "$state/keys" --count $((inquiries + 20)) --idle 15 --summary-only 2>&1 | sed 's/^/  /'
+
+echo
+echo "==> service requests: three technicians, a customer's phone enrolled with a one-time code, requests sealed to the dispatcher"
+for t in "tech-ana:Ana Lopez:north" "tech-ben:Ben Okafor:north" "tech-chloe:Chloe Martin:south"; do
+  IFS=: read -r id name region <<<"$t"
+  "$bin/veilctl" technician add --id "$id" --name "$name" --skills network,installation --regions "$region" --home-region "$region" \
+    --capacity 2 --device "$state/$id.json" --database "$VEIL_DATABASE_URL_DISPATCHER" | sed 's/^/  /'
+done
+alerter_url=http://127.0.0.1:${VEIL_ALERTER_HTTP_PORT:-8081}
+code=$("$bin/veilctl" device code --account CUST-1001 --url "$ingress_url")
+echo "  back office issued a one-time code for account CUST-1001 (delivered out of band)"
+"$bin/veilctl" device enroll --device "$state/customer-phone.json" --url "$ingress_url" --account CUST-1001 --code "$code" | sed 's/^/  /'
+"$bin/veilctl" technician listen --device "$state/tech-ana.json" --url "$alerter_url" --ingress "$ingress_url" --decline-every 2 --seconds 25 \
+  >"$state/tech-ana.txt" 2>&1 &
+ana=$!
+"$bin/veilctl" technician listen --device "$state/tech-ben.json" --url "$alerter_url" --ingress "$ingress_url" --seconds 25 \
+  >"$state/tech-ben.txt" 2>&1 &
+ben=$!
+for what in "No internet since this morning" "Router blinks red after the storm" "Line dead on the second floor" "New line for the shop"; do
+  category=outage; [ "$what" = "New line for the shop" ] && category=installation
+  "$bin/veilctl" device request --device "$state/customer-phone.json" --url "$ingress_url" --category "$category" \
+    --priority 3 --region north --description "$what" | sed 's/^/  request /'
+done
+wait "$ana" "$ben" || true
+sed 's/^/  /' "$state/tech-ana.txt" "$state/tech-ben.txt"
+echo "  the customer's phone opens its confirmations (sealed to it; ingress only stored sealed bytes):"
+"$bin/veilctl" device inbox --device "$state/customer-phone.json" --url "$ingress_url" | sed 's/^/    /'
+"$bin/veilctl" dispatch stats --database "$VEIL_DATABASE_URL_DISPATCHER" | sed 's/^/  /'
 
 echo
 echo "==> a value that is not a signed envelope goes to the dead-letter topic, with the reason"

@@ -75,6 +75,13 @@ public struct DispatchClock: Service {
         }
         let counters = ["accepted", "declined", "timed_out"].map { ($0, Gauge(label: "veil_dispatch_reservations_\($0)")) }
         let acceptance = Gauge(label: "veil_dispatch_average_acceptance_seconds")
+        // Stops at a graceful shutdown (SIGTERM) as well as on cancellation.
+        try? await cancelWhenGracefulShutdown {
+            await self.tick(gauges: gauges, counters: counters, acceptance: acceptance)
+        }
+    }
+
+    private func tick(gauges: [(String, Gauge)], counters: [(String, Gauge)], acceptance: Gauge) async {
         while !Task.isCancelled {
             do {
                 try await publish(try await engine.expireReservations())

@@ -9,8 +9,9 @@ import FoundationNetworking
 
 /// `veilctl device`: a device's side, through the client library.
 struct DeviceCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "device", abstract: "Act as a device: enroll, send inquiries.",
-                                                    subcommands: [Enroll.self, Inquire.self])
+    static let configuration = CommandConfiguration(commandName: "device",
+                                                    abstract: "Act as a device: enroll, send inquiries and service requests, read the inbox.",
+                                                    subcommands: [Enroll.self, Inquire.self, Code.self, Request.self, Inbox.self, Revoke.self])
 
     struct DeviceOptions: ParsableArguments {
         @Option(name: .long, help: "The device's key file (created if missing).") var device = ".veil/device.json"
@@ -42,13 +43,89 @@ struct DeviceCommand: AsyncParsableCommand {
     }
 
     struct Enroll: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Enroll the device's public keys with ingress.")
+        static let configuration = CommandConfiguration(
+            abstract: "Enroll the device's public keys with ingress (with --account and --code: bound to that account).")
         @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The customer account to bind the device to.") var account: String?
+        @Option(name: .long, help: "The one-time code issued for the account (veilctl device code).") var code: String?
 
         func run() async throws {
             let identity = try options.identity()
-            try await options.client.enroll(identity, enrollmentToken: options.enrollmentToken)
-            print("enrolled \(options.device)")
+            if let account, let code {
+                try await options.client.enroll(identity, accountId: account, code: code)
+                print("enrolled \(options.device) to account \(account)")
+            } else {
+                try await options.client.enroll(identity, enrollmentToken: options.enrollmentToken)
+                print("enrolled \(options.device)")
+            }
+        }
+    }
+
+    /// Ingress's admin routes, with `VEIL_INGRESS_ADMIN_TOKEN`.
+    static func admin(_ options: DeviceOptions, _ path: String, _ body: [String: String]) async throws -> Data {
+        guard let token = ProcessInfo.processInfo.environment["VEIL_INGRESS_ADMIN_TOKEN"] else {
+            throw ValidationError("set VEIL_INGRESS_ADMIN_TOKEN")
+        }
+        var request = URLRequest(url: try options.client.baseURL.appendingPathComponent(path))
+        request.httpMethod = "POST"
+        request.httpBody = try JSONSerialization.data(withJSONObject: body)
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        let (data, response) = try await URLSession.shared.data(for: request)
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard (200..<300).contains(status) else {
+            throw ValidationError("ingress answered \(status): \(String(decoding: data.prefix(300), as: UTF8.self))")
+        }
+        return data
+    }
+
+    struct Code: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Issue a one-time enrollment code for an account (back office; needs VEIL_INGRESS_ADMIN_TOKEN). Prints the code.")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The customer account.") var account: String
+
+        func run() async throws {
+            let data = try await DeviceCommand.admin(options, "admin/enrollment-codes", ["accountId": account])
+            print(try ContractCoding.decode(EnrollmentCode.self, from: Array(data)).code)
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a device (needs VEIL_INGRESS_ADMIN_TOKEN): its requests are refused at once.")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The device id to revoke (default: the key file's).") var deviceId: String?
+
+        func run() async throws {
+            _ = try await DeviceCommand.admin(options, "admin/devices/revoke", ["deviceId": try deviceId ?? options.identity().deviceId])
+            print("revoked")
+        }
+    }
+
+    struct Request: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Send a service request, sealed on this device to the dispatcher.")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "Category, e.g. outage, installation.") var category = "outage"
+        @Option(name: .long, help: "1 (low) to 5 (urgent).") var priority = 3
+        @Option(name: .long, help: "What is wrong.") var description: String
+        @Option(name: .long, help: "Service region.") var region: String?
+        @Option(name: .long, help: "Customer tier.") var tier: String?
+
+        func run() async throws {
+            let receipt = try await options.client.submit(try options.identity(), ServiceRequestPayload(
+                category: category, priority: priority, description: description, region: region, tier: tier))
+            print("\(receipt.id) \(receipt.status)")
+        }
+    }
+
+    struct Inbox: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Read and open the device's confirmations.")
+        @OptionGroup var options: DeviceOptions
+
+        func run() async throws {
+            for note in try await options.client.inbox(try options.identity()) {
+                print("\(note.requestId.prefix(8)) \(note.status): \(note.message)")
+            }
         }
     }
 
