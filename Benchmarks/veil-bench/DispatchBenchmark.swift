@@ -117,6 +117,8 @@ struct DispatchBenchmark: AsyncParsableCommand {
         let interval = Duration.milliseconds(Int(1000 / rate))
         let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         let ids = Samples()
+        let cpuBefore = ProcessCPU.snapshot()
+        let wallStart = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             var next = ContinuousClock.now
             var n = 0
@@ -139,6 +141,8 @@ struct DispatchBenchmark: AsyncParsableCommand {
         }
         let sent = ids.strings.withLock { $0 }
         try await Task.sleep(for: .seconds(3))
+        print(String(format: "   over %.1f s wall, CPU ms per request: ", (ContinuousClock.now - wallStart).seconds)
+              + ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(), inquiries: sent.count))
         let latencies: [Double] = try await withAdmin(admin, logger: logger) { db in
             var values: [Double] = []
             let rows = try await db.query("""

@@ -18,4 +18,4 @@ echo "==> starting ingress, dispatcher, technician-alerter (release build; logs 
 veil_start_services warning ingress dispatcher technician-alerter
 veil_wait_ready
 "$bin/veil-bench" dispatch --technicians "${TECHNICIANS:-1000}" --requests "${REQUESTS:-5000}" \
-  --url "http://127.0.0.1:${VEIL_HTTP_PORT:-18080}" --seconds "${SECONDS_PER_PHASE:-10}"
+  --url "http://127.0.0.1:${VEIL_HTTP_PORT:-18080}" --seconds "${SECONDS_PER_PHASE:-10}" ${RATE:+--rate $RATE}

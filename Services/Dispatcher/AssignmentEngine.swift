@@ -164,6 +164,11 @@ public struct AssignmentEngine: Sendable {
             ALTER TABLE {schema}.technicians ADD COLUMN device_signing_key bytea;
             ALTER TABLE {schema}.technicians ADD COLUMN device_encryption_key bytea;
             """),
+        Migration("013_dispatch_candidate_indexes", sql: """
+            -- Eligibility filters (skills @> …, region = ANY (regions)) by index, not by scanning every technician.
+            CREATE INDEX technicians_skills ON {schema}.technicians USING gin (skills);
+            CREATE INDEX technicians_regions ON {schema}.technicians USING gin (regions);
+            """),
     ]
 
     // MARK: Technicians (the admin API and `veilctl` seed them)
@@ -220,50 +225,53 @@ public struct AssignmentEngine: Sendable {
     }
 
     /// Offers a waiting request to the best eligible technician, if any; returns the offer.
+    ///
+    /// One statement, so one round trip and its own transaction: it locks the request
+    /// and the chosen technician (`FOR UPDATE … SKIP LOCKED`; PostgreSQL re-checks the
+    /// capacity condition on the row it locks), records the reservation, counts it
+    /// against the technician's capacity and marks the request offered, all or nothing.
     public func offer(_ requestID: UUID) async throws -> Reservation? {
         let timeout = policy.reservationTimeout.seconds
-        return try await database.transaction { connection in
-            let requests = try await connection.query("""
-                SELECT region, required_skills FROM \(unescaped: table("dispatch_requests"))
+        let reservationID = UUID()
+        let requests = table("dispatch_requests"), technicians = table("technicians"), reservations = table("reservations")
+        let rows = try await database.client.query("""
+            WITH req AS (
+                SELECT id, region, required_skills FROM \(unescaped: requests)
                 WHERE id = \(requestID) AND status = 'waiting' FOR UPDATE SKIP LOCKED
-                """, logger: logger).collect()
-            guard let row = requests.first else { return nil }
-            let (region, skills) = try row.decode((String?, [String]).self)
-            let candidates = try await connection.query("""
-                SELECT t.id FROM \(unescaped: table("technicians")) t
+            ), cand AS (
+                SELECT t.id FROM \(unescaped: technicians) t, req
                 WHERE t.activity = 'available' AND t.active_load < t.capacity
-                  AND t.skills @> \(skills)::text[]
-                  AND (\(region)::text IS NULL OR \(region)::text = ANY (t.regions))
+                  AND t.skills @> req.required_skills
+                  AND (req.region IS NULL OR t.regions @> ARRAY[req.region])
                   AND (t.shift_start IS NULL
                        OR (t.shift_start <= t.shift_end AND (now() AT TIME ZONE 'UTC')::time >= t.shift_start
                            AND (now() AT TIME ZONE 'UTC')::time < t.shift_end)
                        OR (t.shift_start > t.shift_end AND ((now() AT TIME ZONE 'UTC')::time >= t.shift_start
                            OR (now() AT TIME ZONE 'UTC')::time < t.shift_end)))
-                  AND NOT EXISTS (SELECT 1 FROM \(unescaped: table("reservations")) r
-                                  WHERE r.request_id = \(requestID) AND r.technician_id = t.id)
+                  AND t.id <> ALL (ARRAY(SELECT r.technician_id FROM \(unescaped: reservations) r WHERE r.request_id = req.id))
                 ORDER BY \(policy.loadWeight)::float8 * t.active_load / GREATEST(t.capacity, 1)
-                         + \(policy.regionWeight)::float8 * (CASE WHEN t.home_region IS NOT DISTINCT FROM \(region)::text THEN 0 ELSE 1 END),
+                         + \(policy.regionWeight)::float8 * (CASE WHEN t.home_region IS NOT DISTINCT FROM req.region THEN 0 ELSE 1 END),
                          t.last_offer_at NULLS FIRST, t.id
                 LIMIT 1
                 FOR UPDATE OF t SKIP LOCKED
-                """, logger: logger).collect()
-            guard let technicianID = try candidates.first?.decode(String.self) else { return nil }
-            let reservationID = UUID()
-            let expires = try await connection.query("""
-                INSERT INTO \(unescaped: table("reservations")) (id, request_id, technician_id, status, expires_at)
-                VALUES (\(reservationID), \(requestID), \(technicianID), 'pending', clock_timestamp() + make_interval(secs => \(timeout)))
-                RETURNING expires_at
-                """, logger: logger).collect()
-            try await connection.query("""
-                UPDATE \(unescaped: table("technicians")) SET active_load = active_load + 1, last_offer_at = clock_timestamp()
-                WHERE id = \(technicianID)
-                """, logger: logger)
-            try await connection.query("""
-                UPDATE \(unescaped: table("dispatch_requests")) SET status = 'offered' WHERE id = \(requestID)
-                """, logger: logger)
-            let expiresAt = try expires.first?.decode(Date.self) ?? Date()
-            return Reservation(id: reservationID, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
-        }
+            ), res AS (
+                INSERT INTO \(unescaped: reservations) (id, request_id, technician_id, status, expires_at)
+                SELECT \(reservationID), req.id, cand.id, 'pending', clock_timestamp() + make_interval(secs => \(timeout))
+                FROM req, cand
+                RETURNING technician_id, expires_at
+            ), loaded AS (
+                UPDATE \(unescaped: technicians) SET active_load = active_load + 1, last_offer_at = clock_timestamp()
+                FROM res WHERE \(unescaped: technicians).id = res.technician_id
+                RETURNING 1
+            ), offered AS (
+                UPDATE \(unescaped: requests) SET status = 'offered' FROM res WHERE \(unescaped: requests).id = \(requestID)
+                RETURNING 1
+            )
+            SELECT technician_id, expires_at FROM res
+            """, logger: logger).collect()
+        guard let row = rows.first else { return nil }
+        let (technicianID, expiresAt) = try row.decode((String, Date).self)
+        return Reservation(id: reservationID, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
     }
 
     /// Offers waiting requests, most urgent first (priority plus one level per `agingStep`

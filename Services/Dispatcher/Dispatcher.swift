@@ -22,7 +22,7 @@ public enum Dispatcher {
                 _ = try await context.producer.send(alert)
             }
         }
-        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: intake), services: [clock])
+        return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16), services: [clock])
     }
 }
 

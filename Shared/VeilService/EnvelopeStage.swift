@@ -93,3 +93,90 @@ public struct EnvelopeStage<Handler: EnvelopeHandler>: MessageHandler {
 
     public func gaveUp(on input: VerifiedEnvelope) { codec.release(input) }
 }
+
+/// `EnvelopeStage` that handles a batch's messages concurrently: messages with the
+/// same Kafka key (one request, one technician) in their order, different keys at once,
+/// at most `concurrency` at a time. For handlers whose work is mostly waiting (database
+/// round trips), where one-by-one handling would cap a replica's rate.
+///
+/// The work happens in `prepare`; `handle` hands over its outputs in message order, so
+/// outputs and offsets move exactly as in `EnvelopeStage`. A message whose handling
+/// failed transiently (and every later one with its key, not attempted) is handled again
+/// by `handle`, in order, with the stage loop's retries; a permanent failure is
+/// dead-lettered as usual.
+public struct ConcurrentEnvelopeStage<Handler: EnvelopeHandler>: MessageHandler {
+    public struct Input: Sendable {
+        public let envelope: VerifiedEnvelope
+        let outcome: Result<[OutgoingMessage], any Error>?
+    }
+
+    public let codec: EnvelopeCodec
+    public let handler: Handler
+    public let concurrency: Int
+
+    public init(codec: EnvelopeCodec, handler: Handler, concurrency: Int = 16) {
+        self.codec = codec
+        self.handler = handler
+        self.concurrency = max(1, concurrency)
+    }
+
+    public func prepare(_ batch: [KafkaMessage]) async -> [Result<Input, StageError>] {
+        let verified = await codec.verifyForStage(batch)
+        // Same key → one sequence, in order; a message without a key is its own sequence.
+        var sequences: [[Int]] = []
+        var byKey: [[UInt8]: Int] = [:]
+        for (index, result) in verified.enumerated() {
+            guard case .success = result else { continue }
+            if let key = batch[index].key, let sequence = byKey[key] {
+                sequences[sequence].append(index)
+            } else {
+                if let key = batch[index].key { byKey[key] = sequences.count }
+                sequences.append([index])
+            }
+        }
+        var outcomes = [Result<[OutgoingMessage], any Error>?](repeating: nil, count: batch.count)
+        await withTaskGroup(of: [(Int, Result<[OutgoingMessage], any Error>)].self) { group in
+            var next = 0
+            func start() {
+                let indices = sequences[next]
+                next += 1
+                group.addTask {
+                    var done: [(Int, Result<[OutgoingMessage], any Error>)] = []
+                    for index in indices {
+                        guard case .success(let envelope) = verified[index] else { continue }
+                        do {
+                            done.append((index, .success(try await handler.handle(envelope, message: batch[index], codec: codec))))
+                        } catch {
+                            done.append((index, .failure(error)))
+                            break  // later messages of this key wait for it, in `handle`
+                        }
+                    }
+                    return done
+                }
+            }
+            while next < min(concurrency, sequences.count) { start() }
+            for await finished in group {
+                for (index, outcome) in finished { outcomes[index] = outcome }
+                if next < sequences.count { start() }
+            }
+        }
+        return verified.enumerated().map { index, result in
+            result.map { Input(envelope: $0, outcome: outcomes[index]) }
+        }
+    }
+
+    public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
+        switch input.outcome {
+        case .success(let outputs):
+            return outputs
+        case .failure(let error as StageError) where error.permanent:
+            throw error
+        default:
+            // Failed transiently in `prepare`, or not attempted after an earlier failure of its key.
+            let outputs = try await handler.handle(input.envelope, message: message, codec: codec)
+            return outputs
+        }
+    }
+
+    public func gaveUp(on input: Input) { codec.release(input.envelope) }
+}
