@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import VeilCore
 import VeilEnvelope
@@ -160,5 +161,53 @@ struct DeadLetterReplayTests {
         #expect((try? await read(try kafka.consumer(group: "out2", topic: topic + ".out"), count: 2, seconds: 3)) == nil)
         #expect(try await queue.summaries([topic + ".dlq"]).first?.pending == 0)
         await producer.close()
+    }
+}
+
+/// Records the order it handled each key's messages in; the first message of key "slow" takes a while.
+struct OrderRecordingStage: EnvelopeHandler {
+    let seen = SeenOrder()
+    func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
+        let key = String(decoding: message.key ?? [], as: UTF8.self)
+        let payload = String(decoding: envelope.payload("pseudonym") ?? [], as: UTF8.self)
+        if payload == "slow-1" { try await Task.sleep(for: .milliseconds(300)) }
+        seen.append(key, payload)
+        return [OutgoingMessage(topic: message.topic + ".out", key: message.key, value: Array(payload.utf8))]
+    }
+}
+
+final class SeenOrder: Sendable {
+    private let entries = Mutex<[(String, String)]>([])
+    func append(_ key: String, _ value: String) { entries.withLock { $0.append((key, value)) } }
+    var all: [(String, String)] { entries.withLock { $0 } }
+}
+
+@Suite("Concurrent envelope stage", .timeLimit(.minutes(2)))
+struct ConcurrentEnvelopeStageTests {
+    @Test("messages of one key are handled in order, other keys meanwhile; outputs keep the message order")
+    func perKeyOrder() async throws {
+        let keys = try KeyFolder.createDevelopmentKeys(at: FileManager.default.temporaryDirectory.appendingPathComponent("veil-keys-\(UUID())"))
+        let ingress = EnvelopeCodec(identity: try keys.identity("ingress"), directory: try keys.directoryStore())
+        let anonymizer = EnvelopeCodec(identity: try keys.identity("anonymizer"), directory: try keys.directoryStore())
+        let topic = "veil.inquiries.received.v1"
+        let batch = try [("slow", "slow-1"), ("fast", "fast-1"), ("slow", "slow-2"), ("fast", "fast-2"), ("slow", "slow-3")]
+            .enumerated().map { offset, item in
+                let message = try ingress.message(EnvelopeDraft(type: "veil.inquiry.received.v1", parts: [
+                    .sealed("pseudonym", payload: Array(item.1.utf8), to: ["anonymizer"]),
+                ]), topic: topic, key: Array(item.0.utf8))
+                return KafkaMessage(topic: topic, partition: 0, offset: Int64(offset), key: message.key, value: message.value,
+                                    timestampMilliseconds: Int64(Date().timeIntervalSince1970 * 1000))
+            }
+        let handler = OrderRecordingStage()
+        let stage = ConcurrentEnvelopeStage(codec: anonymizer, handler: handler, concurrency: 4)
+        let prepared = await stage.prepare(batch)
+        var outputs: [String] = []
+        for (message, input) in zip(batch, prepared) {
+            for output in try await stage.handle(try input.get(), message: message) { outputs.append(String(decoding: output.value, as: UTF8.self)) }
+        }
+        let seen = handler.seen.all
+        #expect(seen.filter { $0.0 == "slow" }.map(\.1) == ["slow-1", "slow-2", "slow-3"], "one key, in order")
+        #expect(seen.firstIndex { $0.1 == "fast-2" }! < seen.firstIndex { $0.1 == "slow-1" }!, "the other key did not wait")
+        #expect(outputs == ["slow-1", "fast-1", "slow-2", "fast-2", "slow-3"], "outputs in message order")
     }
 }
