@@ -43,14 +43,16 @@ public enum TechnicianAlerter {
 
     public static let runtime = ServiceRuntime(service: .technicianAlerter, migrations: migrations) { context in
         let port = try context.configuration.integer("VEIL_ALERTER_HTTP_PORT", in: 0...65535)
-        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: AlertStore(context: context)),
-                            services: [TechnicianAPI(context: context, port: port)])
+        let live = LiveNotifications(database: context.database, channel: "veil_alerts", logger: context.logger)
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: AlertStore(context: context, live: live)),
+                            services: [live, TechnicianAPI(context: context, port: port, live: live)])
     }
 }
 
 /// The stage on `veil.dispatch.assignments.v1`: keeps each offer's sealed alert for its technician.
 public struct AlertStore: EnvelopeHandler {
     let context: ServiceContext
+    let live: LiveNotifications
 
     public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
         guard envelope.header.type == MessageType.assignmentOffered, let alert = envelope.part(PartLabel.alert),
@@ -66,6 +68,7 @@ public struct AlertStore: EnvelopeHandler {
             ON CONFLICT (reservation_id) DO NOTHING
             """, logger: context.logger)
         context.logger.info("alert stored", metadata: ["reservation": "\(routing.reservationId)"])
+        try? await live.notify(routing.technicianId)  // a missed wake-up is caught by the stream's heartbeat
         return []
     }
 }
@@ -74,12 +77,14 @@ public struct AlertStore: EnvelopeHandler {
 public struct TechnicianAPI: Service {
     let context: ServiceContext
     let port: Int
+    let live: LiveNotifications
     let clockSkew: Duration = .seconds(300)
     let onRunning: @Sendable (Int) async -> Void
 
-    public init(context: ServiceContext, port: Int, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+    public init(context: ServiceContext, port: Int, live: LiveNotifications, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
         self.context = context
         self.port = port
+        self.live = live
         self.onRunning = onRunning
     }
 
@@ -92,6 +97,9 @@ public struct TechnicianAPI: Service {
         let router = Router()
         router.get("/v1/technicians/{id}/alerts") { request, routeContext in
             await respond { try await alerts(request, technician: routeContext.parameters.get("id") ?? "") }
+        }
+        router.get("/v1/technicians/{id}/alerts/stream") { request, routeContext in
+            await respond { try await stream(request, technician: routeContext.parameters.get("id") ?? "") }
         }
         router.post("/v1/technicians/{id}/answers") { request, routeContext in
             await respond { try await answer(request, technician: routeContext.parameters.get("id") ?? "") }
@@ -119,25 +127,47 @@ public struct TechnicianAPI: Service {
 
     /// The technician's undelivered, unexpired alerts (sealed), marked delivered.
     func alerts(_ request: Request, technician: String) async throws -> Response {
-        let path = "/v1/technicians/\(technician)/alerts"
+        // A technician nobody has offered anything yet has nothing to read: an empty list,
+        // which reveals nothing (the device key arrives with the first offer).
+        guard try await authenticateRead(request, path: "/v1/technicians/\(technician)/alerts", technician: technician) else {
+            return try deliveries([])
+        }
+        return try deliveries(try await takeUndelivered(technician))
+    }
+
+    /// `GET /v1/technicians/{id}/alerts/stream?seconds=N` (signed read of the path without
+    /// the query): server-sent events, one `alert` event per offer as it arrives (woken by
+    /// `LiveNotifications` on any replica), for `seconds` (default 300, at most 3,600).
+    func stream(_ request: Request, technician: String) async throws -> Response {
+        let seconds = request.uri.queryParameters.get("seconds").flatMap { Int($0) } ?? 300
+        guard (1...3_600).contains(seconds) else { throw Problem.invalidField("seconds", "must be 1 to 3600") }
+        _ = try await authenticateRead(request, path: "/v1/technicians/\(technician)/alerts/stream", technician: technician)
+        return live.eventStream(key: technician, event: "alert", maxDuration: .seconds(seconds)) {
+            try await takeUndelivered(technician).map { ($0.id, ContractCoding.encode($0)) }
+        }
+    }
+
+    /// Checks a signed read; `false` if no offer (hence no key) exists for the technician yet.
+    func authenticateRead(_ request: Request, path: String, technician: String) async throws -> Bool {
         guard let signature = request.headers[Self.signatureHeader], let stamp = request.headers[Self.timestampHeader],
               let timestamp = Int64(stamp) else { throw Problem.badSignature }
         try checkFreshness(timestamp)
-        // A technician nobody has offered anything yet has nothing to read: an empty list,
-        // which reveals nothing (the device key arrives with the first offer).
-        guard let key = try? await signingKey(technician, reservation: nil) else { return try deliveries([]) }
+        guard let key = try? await signingKey(technician, reservation: nil) else { return false }
         guard let raw = Data(base64Encoded: signature),
               key.isValidSignature(raw, for: SignedRead.signedBytes(path: path, timestamp: timestamp)) else { throw Problem.badSignature }
+        return true
+    }
+
+    func takeUndelivered(_ technician: String) async throws -> [SealedDelivery] {
         let rows = try await context.database.client.query("""
-            UPDATE \(unescaped: context.database.table("alerts")) SET delivered_at = coalesce(delivered_at, now())
-            WHERE technician_id = \(technician) AND answered_at IS NULL AND expires_at > now()
+            UPDATE \(unescaped: context.database.table("alerts")) SET delivered_at = now()
+            WHERE technician_id = \(technician) AND delivered_at IS NULL AND answered_at IS NULL AND expires_at > now()
             RETURNING reservation_id, alert, created_at
             """, logger: context.logger).collect()
-        let deliveries = try rows.map { row in
+        return try rows.map { row in
             let (id, alert, at) = try row.decode((UUID, ByteBuffer, Date).self)
             return SealedDelivery(id: id.uuidString.lowercased(), requestId: "", sealed: Data(alert.readableBytesView).base64EncodedString(), at: at)
         }.sorted { $0.at < $1.at }
-        return try self.deliveries(deliveries)
     }
 
     func deliveries(_ items: [SealedDelivery]) throws -> Response {

@@ -197,6 +197,34 @@ func failure(_ body: () async throws -> some Any) async -> String {
 extension PipelineSuites {
     @Suite("Technician dispatch end to end: alerts, answers, confirmations", .serialized, .timeLimit(.minutes(5)))
     struct TechnicianDispatchTests {
+        @Test("a technician listening on the live stream receives an offer made after it connected")
+        func liveStream() async throws {
+            let alerterPort = try freePort()
+            let world = try await PipelineWorld.start([.ingress, .dispatcher, .technicianAlerter], settings: [
+                "VEIL_INGRESS_ADMIN_TOKEN": PipelineWorld.adminToken, "VEIL_ALERTER_HTTP_PORT": String(alerterPort),
+            ])
+            defer { Task { await world.stop() } }
+            let alerter = URL(string: "http://127.0.0.1:\(alerterPort)")!
+            let dana = DeviceIdentity(deviceId: "tech-dana")
+            try await world.withDispatch { engine in
+                try await engine.upsert(Technician(id: dana.deviceId, name: "Dana", skills: ["network"], regions: ["north"], capacity: 5,
+                                                   signingKey: dana.signingKey.publicKey.rawRepresentation,
+                                                   encryptionKey: dana.encryptionKey.publicKey.rawRepresentation))
+            }
+            let code = try await world.enrollmentCode(for: "CUST-LIVE")
+            let customer = DeviceIdentity(deviceId: "phone-\(UUID().uuidString.prefix(6))")
+            try await world.client.enroll(customer, accountId: "CUST-LIVE", code: code)
+            // Dana's app connects first (before any offer exists), then the request arrives.
+            let listening = Task { try await TechnicianClient(baseURL: alerter, device: dana).stream(seconds: 8) }
+            try await Task.sleep(for: .seconds(1))
+            let receipt = try await world.client.submit(customer, ServiceRequestPayload(category: "outage", priority: 2,
+                                                                                         description: "Slow line", region: "north"))
+            let received = try await listening.value
+            #expect(received.map(\.requestId) == [receipt.id], "delivered on the open stream")
+            #expect(received.first?.description == "Slow line")
+            #expect(try await TechnicianClient(baseURL: alerter, device: dana).alerts().isEmpty, "delivered once: the pull has nothing left")
+        }
+
         @Test("an offer is alerted sealed to the technician; a decline moves it on; accept, en route and completed reach the customer's inbox; only the parties read it")
         func dispatchEndToEnd() async throws {
             let alerterPort = try freePort()
@@ -278,4 +306,3 @@ extension PipelineSuites {
         }
     }
 }
-
