@@ -76,12 +76,14 @@ public enum Ingress {
     /// The ingress process: the HTTP API beside a stage that files customer confirmations
     /// (sealed to their devices) in the devices' inboxes.
     public static let runtime = ServiceRuntime(service: .ingress, migrations: migrations) { context in
-        ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: InboxStage(context: context)), services: [try api(context)])
+        let live = LiveNotifications(database: context.database, channel: "veil_inbox", logger: context.logger)
+        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: InboxStage(context: context, live: live)),
+                            services: [live, try api(context, live: live)])
     }
 
     /// The HTTP API as a service of the ingress process.
-    public static func api(_ context: ServiceContext) throws -> IngressAPI {
-        try IngressAPI(context: context, settings: IngressSettings(context.configuration))
+    public static func api(_ context: ServiceContext, live: LiveNotifications) throws -> IngressAPI {
+        try IngressAPI(context: context, settings: IngressSettings(context.configuration), live: live)
     }
 }
 
@@ -120,17 +122,20 @@ public struct IngressSettings: Sendable {
 public struct IngressAPI: Service {
     let context: ServiceContext
     let settings: IngressSettings
+    let live: LiveNotifications
     let onRunning: @Sendable (Int) async -> Void
 
-    public init(context: ServiceContext, settings: IngressSettings, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+    public init(context: ServiceContext, settings: IngressSettings, live: LiveNotifications,
+                onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
         self.context = context
         self.settings = settings
+        self.live = live
         self.onRunning = onRunning
     }
 
     public func run() async throws {
         let router = Router()
-        let handler = RequestHandler(context: context, settings: settings)
+        let handler = RequestHandler(context: context, settings: settings, live: live)
         router.post("/v1/devices") { request, _ in await handler.respond { try await handler.enroll(request) } }
         router.post("/v1/inquiries") { request, _ in await handler.respond { try await handler.inquire(request) } }
         router.get("/v1/inquiries/{id}") { _, routeContext in
@@ -138,6 +143,9 @@ public struct IngressAPI: Service {
         }
         router.get("/v1/devices/{id}/inbox") { request, routeContext in
             await handler.respond { try await handler.inbox(request, deviceId: routeContext.parameters.get("id") ?? "") }
+        }
+        router.get("/v1/devices/{id}/inbox/stream") { request, routeContext in
+            await handler.respond { try await handler.inboxStream(request, deviceId: routeContext.parameters.get("id") ?? "") }
         }
         router.post("/v1/service-requests") { request, _ in await handler.respond { try await handler.submitServiceRequest(request) } }
         router.get("/v1/keys/{service}") { _, routeContext in
@@ -163,6 +171,7 @@ public struct IngressAPI: Service {
 struct RequestHandler: Sendable {
     let context: ServiceContext
     let settings: IngressSettings
+    let live: LiveNotifications
     static let signatureHeader = HTTPField.Name(DeviceRequestSignature.header)!
     static let enrollmentHeader = HTTPField.Name("Veil-Enrollment-Token")!
 

@@ -83,6 +83,33 @@ public struct IngressClient: Sendable {
         return try decoder.decode(type, from: data)
     }
 
+    /// Listens on a server-sent-events stream for `seconds` (signed read of `path`) and
+    /// returns the deliveries that arrived once the server closes it. (URLSession on Linux
+    /// hands over the body at the end; an app reads the events as they come.)
+    public func events(_ path: String, seconds: Int, by device: DeviceIdentity) async throws -> [SealedDelivery] {
+        let signed = try device.signedRead(path)
+        var components = URLComponents(url: baseURL.appendingPathComponent(String(path.dropFirst())), resolvingAgainstBaseURL: false)!
+        components.queryItems = [URLQueryItem(name: "seconds", value: String(seconds))]
+        var request = URLRequest(url: components.url!)
+        request.timeoutInterval = Double(seconds + 30)
+        request.setValue(signed.signature, forHTTPHeaderField: DeviceRequestSignature.header)
+        request.setValue(String(signed.timestamp), forHTTPHeaderField: SignedRead.timestampHeader)
+        let (data, response) = try await session.data(for: request)
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard status == 200 else { throw Self.failure(status, data) }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
+        return try String(decoding: data, as: UTF8.self).split(separator: "\n")
+            .filter { $0.hasPrefix("data: ") }
+            .map { try decoder.decode(SealedDelivery.self, from: Data($0.dropFirst(6).utf8)) }
+    }
+
+    /// The device's confirmations as they arrive, for `seconds` (the live inbox), opened.
+    public func inboxStream(_ device: DeviceIdentity, seconds: Int) async throws -> [CustomerNotification] {
+        try await events("/v1/devices/\(device.deviceId)/inbox/stream", seconds: seconds, by: device)
+            .map { try device.open($0, as: CustomerNotification.self) }
+    }
+
     /// The device's confirmations (sealed to it), opened.
     public func inbox(_ device: DeviceIdentity) async throws -> [CustomerNotification] {
         let items = try await read("/v1/devices/\(device.deviceId)/inbox", as: [SealedDelivery].self, by: device)

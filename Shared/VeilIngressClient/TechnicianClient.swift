@@ -28,22 +28,7 @@ public struct TechnicianClient: Sendable {
     /// and returns the offers that arrived, opened, once the server closes it. (URLSession
     /// on Linux hands over the body at the end; an app reads the events as they come.)
     public func stream(seconds: Int) async throws -> [AlertPayload] {
-        let path = "/v1/technicians/\(device.deviceId)/alerts/stream"
-        let signed = try device.signedRead(path)
-        var components = URLComponents(url: baseURL.appendingPathComponent(String(path.dropFirst())), resolvingAgainstBaseURL: false)!
-        components.queryItems = [URLQueryItem(name: "seconds", value: String(seconds))]
-        var request = URLRequest(url: components.url!)
-        request.timeoutInterval = Double(seconds + 30)
-        request.setValue(signed.signature, forHTTPHeaderField: DeviceRequestSignature.header)
-        request.setValue(String(signed.timestamp), forHTTPHeaderField: SignedRead.timestampHeader)
-        let (data, response) = try await http.session.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        guard status == 200 else { throw IngressClient.failure(status, data) }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .millisecondsSince1970
-        return try String(decoding: data, as: UTF8.self).split(separator: "\n")
-            .filter { $0.hasPrefix("data: ") }
-            .map { try decoder.decode(SealedDelivery.self, from: Data($0.dropFirst(6).utf8)) }
+        try await http.events("/v1/technicians/\(device.deviceId)/alerts/stream", seconds: seconds, by: device)
             .map { try device.open($0, as: AlertPayload.self) }
     }
 

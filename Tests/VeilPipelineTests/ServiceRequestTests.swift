@@ -197,7 +197,7 @@ func failure(_ body: () async throws -> some Any) async -> String {
 extension PipelineSuites {
     @Suite("Technician dispatch end to end: alerts, answers, confirmations", .serialized, .timeLimit(.minutes(5)))
     struct TechnicianDispatchTests {
-        @Test("a technician listening on the live stream receives an offer made after it connected")
+        @Test("a technician's app and a customer's app on their live streams receive the offer and the confirmation made after they connected")
         func liveStream() async throws {
             let alerterPort = try freePort()
             let world = try await PipelineWorld.start([.ingress, .dispatcher, .technicianAlerter], settings: [
@@ -216,6 +216,7 @@ extension PipelineSuites {
             try await world.client.enroll(customer, accountId: "CUST-LIVE", code: code)
             // Dana's app connects first (before any offer exists), then the request arrives.
             let listening = Task { try await TechnicianClient(baseURL: alerter, device: dana).stream(seconds: 8) }
+            let inbox = Task { try await world.client.inboxStream(customer, seconds: 8) }
             try await Task.sleep(for: .seconds(1))
             let receipt = try await world.client.submit(customer, ServiceRequestPayload(category: "outage", priority: 2,
                                                                                          description: "Slow line", region: "north"))
@@ -223,6 +224,8 @@ extension PipelineSuites {
             #expect(received.map(\.requestId) == [receipt.id], "delivered on the open stream")
             #expect(received.first?.description == "Slow line")
             #expect(try await TechnicianClient(baseURL: alerter, device: dana).alerts().isEmpty, "delivered once: the pull has nothing left")
+            let notes = try await inbox.value
+            #expect(notes.map(\.status) == ["received"] && notes.first?.requestId == receipt.id, "the customer's live inbox")
         }
 
         @Test("an offer is alerted sealed to the technician; a decline moves it on; accept, en route and completed reach the customer's inbox; only the parties read it")
