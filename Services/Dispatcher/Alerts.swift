@@ -30,13 +30,13 @@ public struct DispatchMessages: Sendable {
     public func alert(for offer: Reservation, codec: EnvelopeCodec) async throws -> OutgoingMessage? {
         let rows = try await database.client.query("""
             SELECT t.device_signing_key, t.device_encryption_key, s.category, s.priority, s.region, s.description_sealed,
-                   s.at_rest_key_version
+                   s.at_rest_key_version, s.assertion::text
             FROM \(unescaped: database.table("technicians")) t, \(unescaped: database.table("service_requests")) s
             WHERE t.id = \(offer.technicianID) AND s.id = \(offer.requestID)
             """, logger: logger).collect()
         guard let row = rows.first else { return nil }
-        let (signing, encryption, category, priority, region, sealed, keyVersion) =
-            try row.decode((ByteBuffer?, ByteBuffer?, String, Int, String?, ByteBuffer, Int32).self)
+        let (signing, encryption, category, priority, region, sealed, keyVersion, assertionJSON) =
+            try row.decode((ByteBuffer?, ByteBuffer?, String, Int, String?, ByteBuffer, Int32, String).self)
         guard let signing, let encryption,
               let deviceKey = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: Array(encryption.readableBytesView)) else {
             logger.warning("offer not alerted: the technician has no enrolled device", metadata: ["technician": "\(offer.technicianID)"])
@@ -45,7 +45,8 @@ public struct DispatchMessages: Sendable {
         let description = try openDescription(sealed, version: UInt32(keyVersion), requestID: offer.requestID, codec: codec)
         let alert = AlertPayload(reservationId: offer.id.uuidString.lowercased(), requestId: offer.requestID.uuidString.lowercased(),
                                  category: category, priority: priority, region: region, description: description,
-                                 expiresAt: offer.expiresAt)
+                                 expiresAt: offer.expiresAt,
+                                 assertion: try? ContractCoding.decode(SignedAssertion.self, from: Array(assertionJSON.utf8)))
         let routing = AlertRouting(technicianId: offer.technicianID, reservationId: alert.reservationId, expiresAt: offer.expiresAt,
                                    signingKey: Data(signing.readableBytesView))
         let part = try SealedPart.seal(ContractCoding.encode(alert), label: PartLabel.alert,
@@ -137,6 +138,12 @@ public struct AnswerHandling: Sendable {
             case .enRoute:
                 let name = try await messages.technicianName(answer.technicianId)
                 outputs += try await notify(requestID, "en-route", name, "\(name ?? "Your technician") is on the way.", base, codec)
+            case .transfer:
+                if let next = try await engine.transfer(reservationID, technicianID: answer.technicianId),
+                   let alert = try await messages.alert(for: next, codec: codec) {
+                    outputs.append(alert)
+                }
+                outputs += try await notify(requestID, "transferred", nil, "Your request is being handed to another technician.", base, codec)
             case .completed:
                 try await engine.complete(requestID, technicianID: answer.technicianId)
                 let name = try await messages.technicianName(answer.technicianId)

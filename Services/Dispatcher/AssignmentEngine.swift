@@ -169,6 +169,11 @@ public struct AssignmentEngine: Sendable {
             CREATE INDEX technicians_skills ON {schema}.technicians USING gin (skills);
             CREATE INDEX technicians_regions ON {schema}.technicians USING gin (regions);
             """),
+        Migration("014_dispatch_transfers", sql: """
+            ALTER TABLE {schema}.reservations DROP CONSTRAINT reservations_status_check;
+            ALTER TABLE {schema}.reservations ADD CONSTRAINT reservations_status_check
+                CHECK (status IN ('pending', 'accepted', 'declined', 'timed_out', 'completed', 'transferred'));
+            """),
     ]
 
     // MARK: Technicians (the admin API and `veilctl` seed them)
@@ -315,6 +320,29 @@ public struct AssignmentEngine: Sendable {
             return requestID
         }
         return answer == .decline ? try await offer(requestID) : nil
+    }
+
+    /// Hands an accepted request on: the technician's capacity is freed and the request is
+    /// offered to the next candidate (never to anyone it was offered before). Returns that offer.
+    @discardableResult
+    public func transfer(_ reservationID: UUID, technicianID: String) async throws -> Reservation? {
+        let requestID: UUID = try await database.transaction { connection in
+            let rows = try await connection.query("""
+                UPDATE \(unescaped: table("reservations")) SET status = 'transferred', answered_at = clock_timestamp()
+                WHERE id = \(reservationID) AND technician_id = \(technicianID) AND status = 'accepted'
+                RETURNING request_id
+                """, logger: logger).collect()
+            guard let requestID = try rows.first?.decode(UUID.self) else { throw AssignmentError.notPending(reservationID) }
+            try await connection.query("""
+                UPDATE \(unescaped: table("technicians")) SET active_load = greatest(active_load - 1, 0) WHERE id = \(technicianID)
+                """, logger: logger)
+            try await connection.query("""
+                UPDATE \(unescaped: table("dispatch_requests")) SET status = 'waiting', technician_id = NULL, assigned_at = NULL
+                WHERE id = \(requestID) AND status = 'assigned'
+                """, logger: logger)
+            return requestID
+        }
+        return try await offer(requestID)
     }
 
     /// Marks an assigned request completed and frees the technician's capacity.

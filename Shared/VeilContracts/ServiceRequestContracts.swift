@@ -117,9 +117,13 @@ public struct AlertPayload: Codable, Sendable, Equatable {
     public var region: String?
     public var description: String
     public var expiresAt: Date
+    /// Ingress's signed assertion of who the customer is, as it came with the request: a
+    /// technician taking over a transferred request verifies it instead of asking again.
+    public var assertion: SignedAssertion?
 
     public init(reservationId: String, requestId: String, category: String, priority: Int, region: String?,
-                description: String, expiresAt: Date) {
+                description: String, expiresAt: Date, assertion: SignedAssertion? = nil) {
+        self.assertion = assertion
         self.reservationId = reservationId
         self.requestId = requestId
         self.category = category
@@ -148,7 +152,8 @@ public struct AlertRouting: Codable, Sendable, Equatable {
 
 /// What a technician answers to an offer.
 public enum TechnicianAction: String, Codable, Sendable, CaseIterable {
-    case accept, decline, enRoute = "en-route", completed
+    /// `transfer`: an accepted request handed on (the next technician gets it with the same assertion).
+    case accept, decline, enRoute = "en-route", completed, transfer
 }
 
 /// Part `answer`: sealed on the technician's device to the dispatcher.

@@ -197,6 +197,61 @@ func failure(_ body: () async throws -> some Any) async -> String {
 extension PipelineSuites {
     @Suite("Technician dispatch end to end: alerts, answers, confirmations", .serialized, .timeLimit(.minutes(5)))
     struct TechnicianDispatchTests {
+        @Test("a transferred request reaches the next technician with the customer's original authentication assertion; nobody re-authenticates")
+        func transferKeepsAssertion() async throws {
+            let alerterPort = try freePort()
+            let world = try await PipelineWorld.start([.ingress, .dispatcher, .technicianAlerter], settings: [
+                "VEIL_INGRESS_ADMIN_TOKEN": PipelineWorld.adminToken, "VEIL_ALERTER_HTTP_PORT": String(alerterPort),
+            ])
+            defer { Task { await world.stop() } }
+            let alerter = URL(string: "http://127.0.0.1:\(alerterPort)")!
+            let ana = DeviceIdentity(deviceId: "tech-ana"), carl = DeviceIdentity(deviceId: "tech-carl")
+            try await world.withDispatch { engine in
+                for device in [ana, carl] {
+                    try await engine.upsert(Technician(id: device.deviceId, name: device.deviceId, skills: ["network"], regions: ["north"],
+                                                       capacity: 1, signingKey: device.signingKey.publicKey.rawRepresentation,
+                                                       encryptionKey: device.encryptionKey.publicKey.rawRepresentation))
+                }
+            }
+            let code = try await world.enrollmentCode(for: "CUST-T")
+            let customer = DeviceIdentity(deviceId: "phone-\(UUID().uuidString.prefix(6))")
+            try await world.client.enroll(customer, accountId: "CUST-T", code: code)
+            let dispatcherKey = try await world.client.dispatcherKey()
+            let receipt = try await world.client.submit(customer, ServiceRequestPayload(category: "outage", priority: 3,
+                                                                                         description: "Needs a ladder", region: "north"))
+            func firstAlert(_ device: DeviceIdentity) async throws -> AlertPayload {
+                for _ in 0..<150 {
+                    if let alert = try? await TechnicianClient(baseURL: alerter, device: device).alerts().first { return alert }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                throw CancellationError()
+            }
+            let first = try await firstAlert(ana)
+            try await TechnicianClient(baseURL: alerter, device: ana).answer(first, .accept, dispatcher: dispatcherKey)
+            try await TechnicianClient(baseURL: alerter, device: ana).answer(first, .transfer, note: "no ladder", dispatcher: dispatcherKey)
+
+            let handedOn = try await firstAlert(carl)
+            #expect(handedOn.requestId == receipt.id)
+            let signed = try #require(handedOn.assertion, "the assertion travels with the transfer")
+            #expect(signed == first.assertion, "the same assertion ingress signed at submission")
+            let directory = try world.keys.directoryStore()
+            let signer = try #require(directory.activeSigningKey(KeyReference(keyID: signed.signerKeyId, version: signed.signerVersion)))
+            #expect(signer.owner == "ingress")
+            #expect(signer.key.isValidSignature(signed.signature, for: SignedAssertion.context + Array(signed.assertion)),
+                    "verifiable by the next technician with the key directory alone")
+            let claims = try ContractCoding.decode(AuthAssertion.self, from: Array(signed.assertion))
+            #expect(claims.requestId == receipt.id && claims.method == "device-signature")
+            let ingressRows = try await world.adminCount("SELECT count(*) FROM ingress.service_requests")
+            #expect(ingressRows == 1, "the customer was not asked again: one request, one authentication")
+
+            var statuses: [String] = []
+            for _ in 0..<100 where !statuses.contains("transferred") {
+                statuses = try await world.client.inbox(customer).map(\.status)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(statuses == ["received", "assigned", "transferred"])
+        }
+
         @Test("a technician's app and a customer's app on their live streams receive the offer and the confirmation made after they connected")
         func liveStream() async throws {
             let alerterPort = try freePort()

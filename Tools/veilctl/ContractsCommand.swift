@@ -67,6 +67,12 @@ struct ContractsCommand: ParsableCommand {
                  ContractCoding.encode(AlertPayload(reservationId: UUID().uuidString.lowercased(), requestId: UUID().uuidString.lowercased(),
                                                     category: "outage", priority: 4, region: "north", description: "No signal",
                                                     expiresAt: Date()))),
+                (MessageType.assignmentOffered, .dispatchAssignments, PartLabel.alert, "AlertPayload",
+                 ContractCoding.encode(AlertPayload(reservationId: UUID().uuidString.lowercased(), requestId: UUID().uuidString.lowercased(),
+                                                    category: "installation", priority: 2, region: nil, description: "Transferred",
+                                                    expiresAt: Date(), assertion: SignedAssertion(
+                                                        assertion: Data("{}".utf8), signature: Data(repeating: 2, count: 64),
+                                                        signerKeyId: "ingress.signing", signerVersion: 1)))),
                 (MessageType.assignmentOffered, .dispatchAssignments, PartLabel.routing, "AlertRouting",
                  ContractCoding.encode(AlertRouting(technicianId: "tech-ana", reservationId: UUID().uuidString.lowercased(),
                                                     expiresAt: Date(), signingKey: Data(key.rawBytes)))),
