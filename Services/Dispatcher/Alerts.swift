@@ -59,21 +59,27 @@ public struct DispatchMessages: Sendable {
         return try codec.message(draft, topic: Topic.dispatchAssignments.name, key: Array(offer.technicianID.utf8))
     }
 
-    /// A confirmation for the customer of `requestID`, sealed to their device.
+    /// A confirmation for the customer of `requestID`, sealed to their device (whose keys
+    /// are looked up in the filed request).
     public func notification(_ requestID: UUID, status: String, technician: String?, message: String, id: MessageID,
                              codec: EnvelopeCodec) async throws -> OutgoingMessage? {
         let rows = try await database.client.query("""
             SELECT device_ref, device_encryption_key FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
             """, logger: logger).collect()
-        guard let (deviceRef, encryption) = try rows.first?.decode((ByteBuffer, ByteBuffer).self),
-              let deviceKey = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: Array(encryption.readableBytesView)) else {
-            return nil
-        }
+        guard let (deviceRef, encryption) = try rows.first?.decode((ByteBuffer, ByteBuffer).self) else { return nil }
+        return try notification(requestID, deviceRef: Array(deviceRef.readableBytesView), deviceKey: Array(encryption.readableBytesView),
+                                status: status, technician: technician, message: message, id: id, codec: codec)
+    }
+
+    /// A confirmation sealed to the device key `deviceKey`, routed to the inbox of `deviceRef`.
+    public func notification(_ requestID: UUID, deviceRef: [UInt8], deviceKey: [UInt8], status: String, technician: String?,
+                             message: String, id: MessageID, codec: EnvelopeCodec) throws -> OutgoingMessage? {
+        guard let key = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: deviceKey) else { return nil }
         let note = CustomerNotification(requestId: requestID.uuidString.lowercased(), status: status, technician: technician,
                                         message: message, at: Date())
         let part = try SealedPart.seal(ContractCoding.encode(note), label: PartLabel.notification,
-                                       to: [(SealedPart.reference(prefix: "device", for: deviceKey), deviceKey)])
-        let routing = NotificationRouting(deviceRef: Data(deviceRef.readableBytesView), requestId: note.requestId)
+                                       to: [(SealedPart.reference(prefix: "device", for: key), key)])
+        let routing = NotificationRouting(deviceRef: Data(deviceRef), requestId: note.requestId)
         let draft = EnvelopeDraft(id: id, type: MessageType.notificationSent, parts: [
             .forwarded(part),
             .sealed(PartLabel.routing, payload: ContractCoding.encode(routing), to: [ServiceName.ingress.rawValue]),

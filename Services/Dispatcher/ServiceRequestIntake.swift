@@ -81,9 +81,11 @@ public struct ServiceRequestIntake: EnvelopeHandler {
         logger.info("service request filed", metadata: ["request.id": "\(envelope.header.id)", "action": "\(decision.action.rawValue)",
                                                         "rule": "\(decision.rule ?? "-")"])
         var outputs: [OutgoingMessage] = []
-        if let received = try await messages.notification(id, status: "received", technician: nil,
-                                                          message: "We received your request.",
-                                                          id: .derived(from: envelope.header.id, stage: "dispatcher.received"), codec: codec) {
+        // The device's keys are in the assertion at hand: no need to read the row back.
+        if let received = try messages.notification(id, deviceRef: Array(assertion.claims.deviceRef),
+                                                    deviceKey: Array(assertion.claims.deviceEncryptionKey), status: "received",
+                                                    technician: nil, message: "We received your request.",
+                                                    id: .derived(from: envelope.header.id, stage: "dispatcher.received"), codec: codec) {
             outputs.append(received)
         }
         if decision.action == .technician {

@@ -176,17 +176,7 @@ struct RequestHandler: Sendable {
     static let enrollmentHeader = HTTPField.Name("Veil-Enrollment-Token")!
 
     func respond(_ body: () async throws -> Response) async -> Response {
-        do {
-            return try await body()
-        } catch let problem as Problem {
-            context.metrics.error(code: "ingress.\(problem.code)")
-            context.logger.info("request refused", metadata: ["problem": "\(problem.code)"])
-            return problem.response
-        } catch {
-            context.metrics.error(code: "ingress.internal")
-            context.logger.error("request failed", metadata: ["error": "\(safeDescription(error))"])
-            return Problem.internalError.response
-        }
+        await Problem.respond(context, prefix: "ingress", body)
     }
 
     // MARK: Requests
@@ -266,18 +256,7 @@ struct RequestHandler: Sendable {
         let pseudonym = idKey.hash(Array(inquiry.userId.utf8))
 
         let id = MessageID.generate()
-        let uuid = id.uuid
-        let refBuffer = ByteBuffer(bytes: deviceRef), nonceBuffer = ByteBuffer(bytes: nonce)
-        // The nonce and the inquiry's status row in one statement: a replay inserts nothing.
-        let inserted = try await context.database.client.query("""
-            WITH fresh AS (
-                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
-                VALUES (\(refBuffer), \(nonceBuffer)) ON CONFLICT DO NOTHING RETURNING device_ref)
-            INSERT INTO \(unescaped: context.database.table("inquiries")) (id, device_ref, status)
-            SELECT \(uuid), device_ref, 'accepted' FROM fresh RETURNING accepted_at
-            """, logger: context.logger).collect()
-        guard let stored = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
-        let acceptedAt = Date(timeIntervalSince1970: (stored.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
+        let acceptedAt = try await acceptOnce(id, table: "inquiries", deviceRef: deviceRef, nonce: nonce)
 
         let access = AccessInfo(anonymizedDeviceId: Data(deviceRef), deviceKeyVersion: deviceKey.version,
                                 channel: inquiry.channel, receivedAt: acceptedAt, appVersion: inquiry.appVersion,
@@ -287,16 +266,7 @@ struct RequestHandler: Sendable {
                     to: [ServiceName.anonymizer.rawValue]),
             .sealed(PartLabel.accessInfo, payload: ContractCoding.encode(access), to: [ServiceName.merger.rawValue]),
         ])
-        do {
-            let message = try context.codec.message(draft, topic: Topic.inquiriesReceived.name, key: Array(id.description.utf8))
-            _ = try await context.producer.send(message)
-            context.metrics.messageOut(topic: Topic.inquiriesReceived.name)
-        } catch {
-            context.logger.error("inquiry not published", metadata: ["inquiry.id": "\(id)", "error": "\(safeDescription(error))"])
-            _ = try? await context.database.client.query(
-                "DELETE FROM \(unescaped: context.database.table("inquiries")) WHERE id = \(uuid)", logger: context.logger)
-            throw Problem.unavailable
-        }
+        try await publish(draft, topic: Topic.inquiriesReceived, key: id, orForget: "inquiries")
         let status = InquiryStatus(id: id.description, status: "accepted", acceptedAt: acceptedAt)
         return Response(status: .accepted, headers: [.contentType: "application/json", .location: "/v1/inquiries/\(id)"],
                         body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(status))))
@@ -376,6 +346,36 @@ struct RequestHandler: Sendable {
         }
         return EnrolledDevice(signingKey: key, encryptionKey: Array(encryption.readableBytesView),
                               accountRef: account.map { Array($0.readableBytesView) }, enrolledAt: enrolledAt)
+    }
+
+    /// Uses the request's nonce and records its status row in one statement (a replayed
+    /// nonce inserts nothing: `replayed_nonce`); returns the acceptance time in whole ms.
+    func acceptOnce(_ id: MessageID, table: String, deviceRef: [UInt8], nonce: Data) async throws -> Date {
+        let refBuffer = ByteBuffer(bytes: deviceRef), nonceBuffer = ByteBuffer(bytes: nonce)
+        let inserted = try await context.database.client.query("""
+            WITH fresh AS (
+                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
+                VALUES (\(refBuffer), \(nonceBuffer)) ON CONFLICT DO NOTHING RETURNING device_ref)
+            INSERT INTO \(unescaped: context.database.table(table)) (id, device_ref, status)
+            SELECT \(id.uuid), device_ref, 'accepted' FROM fresh RETURNING accepted_at
+            """, logger: context.logger).collect()
+        guard let stored = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
+        return Date(timeIntervalSince1970: (stored.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
+    }
+
+    /// Publishes and waits for Kafka's acknowledgement; if that fails, the status row in
+    /// `table` is removed (the nonce stays used) and the device is told `unavailable`.
+    func publish(_ draft: EnvelopeDraft, topic: Topic, key id: MessageID, orForget table: String) async throws {
+        do {
+            let message = try context.codec.message(draft, topic: topic.name, key: Array(id.description.utf8))
+            _ = try await context.producer.send(message)
+            context.metrics.messageOut(topic: topic.name)
+        } catch {
+            context.logger.error("not published", metadata: ["message.id": "\(id)", "topic": "\(topic.name)", "error": "\(safeDescription(error))"])
+            _ = try? await context.database.client.query(
+                "DELETE FROM \(unescaped: context.database.table(table)) WHERE id = \(id.uuid)", logger: context.logger)
+            throw Problem.unavailable
+        }
     }
 
     func verify(_ request: Request, body: [UInt8], with key: Curve25519.Signing.PublicKey, path: String, method: String) throws {

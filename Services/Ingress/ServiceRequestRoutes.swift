@@ -131,16 +131,7 @@ extension RequestHandler {
         guard let accountRef = device.accountRef else { throw Problem.deviceNotBound }
 
         let id = MessageID.generate()
-        let uuid = id.uuid
-        let refBuffer = ByteBuffer(bytes: deviceRef), nonceBuffer = ByteBuffer(bytes: nonce)
-        let inserted = try await context.database.client.query("""
-            WITH fresh AS (
-                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
-                VALUES (\(refBuffer), \(nonceBuffer)) ON CONFLICT DO NOTHING RETURNING device_ref)
-            INSERT INTO \(unescaped: context.database.table("service_requests")) (id, device_ref, status)
-            SELECT \(uuid), device_ref, 'accepted' FROM fresh RETURNING accepted_at
-            """, logger: context.logger).collect()
-        guard let acceptedAt = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
+        let acceptedAt = try await acceptOnce(id, table: "service_requests", deviceRef: deviceRef, nonce: nonce)
 
         let assertion = AuthAssertion(requestId: id.description, accountRef: Data(accountRef), deviceRef: Data(deviceRef),
                                       deviceEncryptionKey: Data(device.encryptionKey), method: "device-signature",
@@ -153,18 +144,8 @@ extension RequestHandler {
             .forwarded(part),
             .sealed(PartLabel.authentication, payload: ContractCoding.encode(signed), to: [ServiceName.dispatcher.rawValue]),
         ])
-        do {
-            let message = try context.codec.message(draft, topic: Topic.serviceRequests.name, key: Array(id.description.utf8))
-            _ = try await context.producer.send(message)
-            context.metrics.messageOut(topic: Topic.serviceRequests.name)
-        } catch {
-            context.logger.error("service request not published", metadata: ["request.id": "\(id)", "error": "\(safeDescription(error))"])
-            _ = try? await context.database.client.query(
-                "DELETE FROM \(unescaped: context.database.table("service_requests")) WHERE id = \(uuid)", logger: context.logger)
-            throw Problem.unavailable
-        }
-        let receipt = ServiceRequestReceipt(id: id.description, status: "accepted",
-                                            acceptedAt: Date(timeIntervalSince1970: (acceptedAt.timeIntervalSince1970 * 1000).rounded(.down) / 1000))
+        try await publish(draft, topic: Topic.serviceRequests, key: id, orForget: "service_requests")
+        let receipt = ServiceRequestReceipt(id: id.description, status: "accepted", acceptedAt: acceptedAt)
         var response = try json(.accepted, receipt)
         response.headers[.location] = "/v1/service-requests/\(id)"
         return response

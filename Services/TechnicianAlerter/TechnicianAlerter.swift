@@ -114,15 +114,7 @@ public struct TechnicianAPI: Service {
     }
 
     func respond(_ body: () async throws -> Response) async -> Response {
-        do {
-            return try await body()
-        } catch let problem as Problem {
-            context.metrics.error(code: "alerter.\(problem.code)")
-            return problem.response
-        } catch {
-            context.logger.error("request failed", metadata: ["error": "\(safeDescription(error))"])
-            return Problem.internalError.response
-        }
+        await Problem.respond(context, prefix: "alerter", body)
     }
 
     /// The technician's undelivered, unexpired alerts (sealed), marked delivered.

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import VeilStore
 
 /// An `application/problem+json` answer (RFC 9457) with a stable `code` clients can
 /// switch on, for every HTTP API a Veil service serves (ingress, technician-alerter).
@@ -42,6 +43,22 @@ public struct Problem: Error, Sendable, Equatable {
         let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()
         return Response(status: status, headers: [.contentType: "application/problem+json"],
                         body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Runs a route: a thrown `Problem` becomes its response (counted as `<prefix>.<code>`),
+    /// anything else a logged `500 internal` that shows nothing of the error.
+    public static func respond(_ context: ServiceContext, prefix: String, _ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch let problem as Problem {
+            context.metrics.error(code: "\(prefix).\(problem.code)")
+            context.logger.info("request refused", metadata: ["problem": "\(problem.code)"])
+            return problem.response
+        } catch {
+            context.metrics.error(code: "\(prefix).internal")
+            context.logger.error("request failed", metadata: ["error": "\(safeDescription(error))"])
+            return Problem.internalError.response
+        }
     }
 
     /// Reads a JSON body of at most `maxBytes` and decodes it, mapping every failure to
