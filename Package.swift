@@ -47,6 +47,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.1"),
     ],
     targets: [
         // MARK: Shared libraries
@@ -80,7 +81,9 @@ let package = Package(
             "VeilService", "VeilClient", log, lifecycle,
             .product(name: "Hummingbird", package: "hummingbird"), .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "Metrics", package: "swift-metrics"),
-        ], path: "Services/\($0.folder)",
+        ] + ($0.folder == "Dispatcher" ? [  // the agent console: templates and password hashing
+            .product(name: "Mustache", package: "swift-mustache"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ] : []), path: "Services/\($0.folder)",
                 exclude: ["App"])
     } + services.map {
         .executableTarget(name: $0.target, dependencies: ["VeilService"] + ($0.library ? [.init(stringLiteral: "\($0.folder)Service")] : []),

@@ -11,6 +11,13 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v curl >/dev/null || need+=(curl)
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || need+=(python3-yaml)
 python3 -c 'import jsonschema' 2>/dev/null || pip install -q jsonschema || need+=(python3-jsonschema)
+# Real-browser test of the agent console (Tests/Browser): Debian's Chromium, its
+# driver and Selenium for Debian's own python3 (the pyenv python3 on PATH can't
+# import apt's modules; Tests/Browser/run-agent-console.sh uses /usr/bin/python3).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+/usr/bin/python3 -c 'import selenium' 2>/dev/null || need+=(python3-selenium)
 command -v kubectl >/dev/null || echo "note: kubectl not found; the Kubernetes manifest checks need it (kubectl kustomize)" >&2
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "==> installing: ${need[*]}"

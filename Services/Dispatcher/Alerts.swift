@@ -62,21 +62,21 @@ public struct DispatchMessages: Sendable {
     /// A confirmation for the customer of `requestID`, sealed to their device (whose keys
     /// are looked up in the filed request).
     public func notification(_ requestID: UUID, status: String, technician: String?, message: String, id: MessageID,
-                             codec: EnvelopeCodec) async throws -> OutgoingMessage? {
+                             codec: EnvelopeCodec, form: SecureFormRequest? = nil) async throws -> OutgoingMessage? {
         let rows = try await database.client.query("""
             SELECT device_ref, device_encryption_key FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
             """, logger: logger).collect()
         guard let (deviceRef, encryption) = try rows.first?.decode((ByteBuffer, ByteBuffer).self) else { return nil }
         return try notification(requestID, deviceRef: Array(deviceRef.readableBytesView), deviceKey: Array(encryption.readableBytesView),
-                                status: status, technician: technician, message: message, id: id, codec: codec)
+                                status: status, technician: technician, message: message, id: id, codec: codec, form: form)
     }
 
     /// A confirmation sealed to the device key `deviceKey`, routed to the inbox of `deviceRef`.
     public func notification(_ requestID: UUID, deviceRef: [UInt8], deviceKey: [UInt8], status: String, technician: String?,
-                             message: String, id: MessageID, codec: EnvelopeCodec) throws -> OutgoingMessage? {
+                             message: String, id: MessageID, codec: EnvelopeCodec, form: SecureFormRequest? = nil) throws -> OutgoingMessage? {
         guard let key = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: deviceKey) else { return nil }
         let note = CustomerNotification(requestId: requestID.uuidString.lowercased(), status: status, technician: technician,
-                                        message: message, at: Date())
+                                        message: message, at: Date(), form: form)
         let part = try SealedPart.seal(ContractCoding.encode(note), label: PartLabel.notification,
                                        to: [(SealedPart.reference(prefix: "device", for: key), key)])
         let routing = NotificationRouting(deviceRef: Data(deviceRef), requestId: note.requestId)

@@ -39,10 +39,13 @@ public struct Technician: Sendable, Hashable, Codable {
     /// the second, answers must be signed with the first.
     public var signingKey: Data?
     public var encryptionKey: Data?
+    /// `technician` (alerted on their device) or `agent` (takes chats in the agent console).
+    public var kind: WorkerKind
 
     public init(id: String, name: String, skills: [String], regions: [String], homeRegion: String? = nil,
                 capacity: Int = 1, activity: String = "available", shiftStart: String? = nil, shiftEnd: String? = nil,
-                signingKey: Data? = nil, encryptionKey: Data? = nil) {
+                signingKey: Data? = nil, encryptionKey: Data? = nil, kind: WorkerKind = .technician) {
+        self.kind = kind
         self.signingKey = signingKey
         self.encryptionKey = encryptionKey
         self.id = id
@@ -57,7 +60,13 @@ public struct Technician: Sendable, Hashable, Codable {
     }
 }
 
-/// What the engine needs to know about a request that needs a technician.
+/// Who can take a request: technicians (field work) and agents (chats) share one
+/// reservation model and one table; a request only ever goes to its own kind.
+public enum WorkerKind: String, Sendable, Hashable, Codable, CaseIterable {
+    case technician, agent
+}
+
+/// What the engine needs to know about a request that needs a technician or an agent.
 public struct DispatchRequest: Sendable, Hashable {
     public var id: UUID
     public var category: String
@@ -65,8 +74,11 @@ public struct DispatchRequest: Sendable, Hashable {
     public var priority: Int
     public var region: String?
     public var requiredSkills: [String]
+    public var workerKind: WorkerKind
 
-    public init(id: UUID, category: String, priority: Int, region: String?, requiredSkills: [String]) {
+    public init(id: UUID, category: String, priority: Int, region: String?, requiredSkills: [String],
+                workerKind: WorkerKind = .technician) {
+        self.workerKind = workerKind
         self.id = id
         self.category = category
         self.priority = priority
@@ -110,7 +122,7 @@ public struct AssignmentError: Error, Sendable, CustomStringConvertible {
 public struct AssignmentEngine: Sendable {
     public let database: Database
     public let policy: AssignmentPolicy
-    let logger: Logger
+    public let logger: Logger
 
     public init(database: Database, policy: AssignmentPolicy, logger: Logger) {
         self.database = database
@@ -174,6 +186,12 @@ public struct AssignmentEngine: Sendable {
             ALTER TABLE {schema}.reservations ADD CONSTRAINT reservations_status_check
                 CHECK (status IN ('pending', 'accepted', 'declined', 'timed_out', 'completed', 'transferred'));
             """),
+        Migration("015_dispatch_worker_kinds", sql: """
+            -- Agents (chats) are workers like technicians, with the same reservations; a request goes to its own kind only.
+            ALTER TABLE {schema}.technicians ADD COLUMN kind text NOT NULL DEFAULT 'technician' CHECK (kind IN ('technician', 'agent'));
+            ALTER TABLE {schema}.dispatch_requests ADD COLUMN worker_kind text NOT NULL DEFAULT 'technician'
+                CHECK (worker_kind IN ('technician', 'agent'));
+            """),
     ]
 
     // MARK: Technicians (the admin API and `veilctl` seed them)
@@ -193,10 +211,10 @@ public struct AssignmentEngine: Sendable {
         let signing = t.signingKey.map { ByteBuffer(bytes: $0) }, encryption = t.encryptionKey.map { ByteBuffer(bytes: $0) }
         try await database.client.query("""
             INSERT INTO \(unescaped: table("technicians")) (id, name, skills, regions, home_region, capacity, activity, shift_start, shift_end,
-                device_signing_key, device_encryption_key)
+                device_signing_key, device_encryption_key, kind)
             VALUES (\(t.id), \(t.name), \(t.skills), \(t.regions), \(t.homeRegion), \(t.capacity), \(t.activity),
-                    \(t.shiftStart)::time, \(t.shiftEnd)::time, \(signing), \(encryption))
-            ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, skills = EXCLUDED.skills, regions = EXCLUDED.regions,
+                    \(t.shiftStart)::time, \(t.shiftEnd)::time, \(signing), \(encryption), \(t.kind.rawValue))
+            ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind, skills = EXCLUDED.skills, regions = EXCLUDED.regions,
                 home_region = EXCLUDED.home_region, capacity = EXCLUDED.capacity, activity = EXCLUDED.activity,
                 shift_start = EXCLUDED.shift_start, shift_end = EXCLUDED.shift_end,
                 device_signing_key = coalesce(EXCLUDED.device_signing_key, \(unescaped: table("technicians")).device_signing_key),
@@ -222,8 +240,9 @@ public struct AssignmentEngine: Sendable {
     @discardableResult
     public func submit(_ request: DispatchRequest) async throws -> Reservation? {
         try await database.client.query("""
-            INSERT INTO \(unescaped: table("dispatch_requests")) (id, category, priority, region, required_skills, status)
-            VALUES (\(request.id), \(request.category), \(request.priority), \(request.region), \(request.requiredSkills), 'waiting')
+            INSERT INTO \(unescaped: table("dispatch_requests")) (id, category, priority, region, required_skills, status, worker_kind)
+            VALUES (\(request.id), \(request.category), \(request.priority), \(request.region), \(request.requiredSkills), 'waiting',
+                    \(request.workerKind.rawValue))
             ON CONFLICT (id) DO NOTHING
             """, logger: logger)
         return try await offer(request.id)
@@ -241,11 +260,11 @@ public struct AssignmentEngine: Sendable {
         let requests = table("dispatch_requests"), technicians = table("technicians"), reservations = table("reservations")
         let rows = try await database.client.query("""
             WITH req AS (
-                SELECT id, region, required_skills FROM \(unescaped: requests)
+                SELECT id, region, required_skills, worker_kind FROM \(unescaped: requests)
                 WHERE id = \(requestID) AND status = 'waiting' FOR UPDATE SKIP LOCKED
             ), cand AS (
                 SELECT t.id FROM \(unescaped: technicians) t, req
-                WHERE t.activity = 'available' AND t.active_load < t.capacity
+                WHERE t.kind = req.worker_kind AND t.activity = 'available' AND t.active_load < t.capacity
                   AND t.skills @> req.required_skills
                   AND (req.region IS NULL OR t.regions @> ARRAY[req.region])
                   AND (t.shift_start IS NULL

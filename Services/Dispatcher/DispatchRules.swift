@@ -114,10 +114,11 @@ public struct DispatchRules: Sendable, Hashable, Codable {
     }
 
     /// The rules used when no file is configured: outages and installations need a
-    /// technician, billing questions an agent, everything else nothing.
+    /// technician, chats and billing questions an agent, everything else nothing.
     public static let standard = DispatchRules(rules: [
         Rule(name: "outage", when: Conditions(categories: ["outage"]), then: .technician, skills: ["network"]),
         Rule(name: "installation", when: Conditions(categories: ["installation"]), then: .technician, skills: ["installation"]),
+        Rule(name: "chat", when: Conditions(categories: ["chat"]), then: .agent),
         Rule(name: "billing", when: Conditions(keywords: ["invoice", "bill", "refund", "payment"]), then: .agent),
     ], default: .none)
 }

@@ -9,20 +9,31 @@ import VeilStore
 /// (`DispatchRules`), picks a technician (`AssignmentEngine`), and keeps the queue
 /// moving (offers that time out, requests that wait too long).
 public enum Dispatcher {
-    public static let migrations: [Migration] = AssignmentEngine.migrations + ServiceRequestIntake.migrations
+    public static let migrations: [Migration] = AssignmentEngine.migrations + ServiceRequestIntake.migrations + ChatDesk.migrations
+        + AgentAccounts.migrations
 
-    /// The dispatcher process: the service-request stage beside the queue clock.
+    /// The dispatcher process: the service-request stage beside the queue clock and the agent console.
     public static let runtime = ServiceRuntime(service: .dispatcher, migrations: migrations) { context in
         let settings = try DispatcherSettings(context.configuration)
         let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
-        let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, logger: context.logger)
+        let live = LiveNotifications(database: context.database, channel: "veil_console", heartbeat: .seconds(5), logger: context.logger)
+        let desk = ChatDesk(engine: engine, codec: context.codec, producer: context.producer, live: live, logger: context.logger)
+        let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, chat: desk, logger: context.logger)
         let clock = DispatchClock(engine: engine, logger: context.logger) { offers in
             for offer in offers {
-                guard let alert = try await intake.messages.alert(for: offer, codec: context.codec) else { continue }
+                // Agents' offers have no alert: their consoles show them.
+                guard let alert = try await intake.messages.alert(for: offer, codec: context.codec) else {
+                    await desk.wakeConsoles()
+                    continue
+                }
                 _ = try await context.producer.send(alert)
             }
         }
-        return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16), services: [clock])
+        let console = AgentConsole(desk: desk, accounts: AgentAccounts(engine: engine, logger: context.logger), live: live, context: context,
+                                   port: settings.consolePort, adminToken: settings.adminToken, sessionLifetime: settings.sessionLifetime,
+                                   secureCookie: settings.secureCookie)
+        return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16),
+                            services: [clock, live, console])
     }
 }
 
@@ -30,8 +41,17 @@ public enum Dispatcher {
 public struct DispatcherSettings: Sendable {
     public var policy = AssignmentPolicy()
     public var rules = DispatchRules.standard
+    /// The agent console's port (`VEIL_DISPATCHER_HTTP_PORT`).
+    public var consolePort = 8082
+    public var adminToken: String?
+    public var sessionLifetime: Duration = .seconds(12 * 3600)
+    public var secureCookie = false
 
     public init(_ configuration: ServiceConfiguration) throws {
+        consolePort = try configuration.integer("VEIL_DISPATCHER_HTTP_PORT", in: 0...65535)
+        adminToken = configuration.setting("VEIL_DISPATCHER_ADMIN_TOKEN")
+        sessionLifetime = .seconds(3600 * (try configuration.integer("VEIL_CONSOLE_SESSION_HOURS", in: 1...720)))
+        secureCookie = configuration.setting("VEIL_CONSOLE_SECURE_COOKIE") == "true"
         policy.reservationTimeout = .seconds(try configuration.integer("VEIL_DISPATCH_RESERVATION_TIMEOUT_SECONDS", in: 1...86_400))
         policy.escalateAfter = .seconds(try configuration.integer("VEIL_DISPATCH_ESCALATE_AFTER_SECONDS", in: 1...604_800))
         policy.agingStep = .seconds(try configuration.integer("VEIL_DISPATCH_AGING_SECONDS", in: 1...604_800))

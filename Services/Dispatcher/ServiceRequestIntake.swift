@@ -18,10 +18,13 @@ public struct ServiceRequestIntake: EnvelopeHandler {
     let logger: Logger
     let messages: DispatchMessages
     let answers: AnswerHandling
+    /// Chats (requests the rules route to an agent) and the secure forms' verdicts.
+    let chat: ChatDesk?
 
-    public init(engine: AssignmentEngine, rules: DispatchRules, logger: Logger) {
+    public init(engine: AssignmentEngine, rules: DispatchRules, chat: ChatDesk? = nil, logger: Logger) {
         self.engine = engine
         self.rules = rules
+        self.chat = chat
         self.logger = logger
         messages = DispatchMessages(engine: engine, logger: logger)
         answers = AnswerHandling(messages: messages, logger: logger)
@@ -50,6 +53,14 @@ public struct ServiceRequestIntake: EnvelopeHandler {
 
     public func handle(_ envelope: VerifiedEnvelope, message: KafkaMessage, codec: EnvelopeCodec) async throws -> [OutgoingMessage] {
         if envelope.header.type == MessageType.assignmentAnswered { return try await answers.handle(envelope, codec: codec) }
+        if envelope.header.type == MessageType.secureFormVerified {
+            guard let chat, let bytes = envelope.payload(PartLabel.secureFormResult),
+                  let result = try? ContractCoding.decode(SecureFormResult.self, from: bytes) else {
+                throw StageError.permanent("dispatch.bad_payload", "no readable secure-form result")
+            }
+            try await chat.apply(result)
+            return []
+        }
         guard envelope.header.type == MessageType.serviceRequestSubmitted else {
             throw StageError.permanent("dispatch.unsupported_type", "not a service request or a technician's answer")
         }
@@ -59,6 +70,13 @@ public struct ServiceRequestIntake: EnvelopeHandler {
             throw StageError.permanent("dispatch.bad_payload", "no readable service-request part")
         }
         try Self.validate(request)
+        if let conversation = request.conversationId {
+            // A follow-up message in a chat, not a new request.
+            guard let chat else { throw StageError.permanent("dispatch.unsupported_type", "this dispatcher takes no chats") }
+            try await chat.customerMessage(request.description, conversation: conversation, accountRef: assertion.claims.accountRef,
+                                           messageID: envelope.header.id.uuid)
+            return []
+        }
         let decision = rules.decide(.init(category: request.category, priority: request.priority,
                                           description: request.description, tier: request.tier))
         guard let atRest = codec.identity.atRestKey("service-requests") else {
@@ -88,6 +106,15 @@ public struct ServiceRequestIntake: EnvelopeHandler {
                                                     id: .derived(from: envelope.header.id, stage: "dispatcher.received"), codec: codec) {
             outputs.append(received)
         }
+        if decision.action == .agent, let chat {
+            // A chat: the first message is the request's description; agents serve every region.
+            try await chat.append(id, sender: "customer", text: request.description,
+                                  id: MessageID.derived(from: envelope.header.id, stage: "dispatcher.chat-opened").uuid)
+            let offer = try await engine.submit(DispatchRequest(id: id, category: request.category.lowercased(), priority: decision.priority,
+                                                                region: nil, requiredSkills: decision.skills, workerKind: .agent))
+            if let offer { logger.info("chat offered", metadata: ["request.id": "\(envelope.header.id)", "agent": "\(offer.technicianID)"]) }
+            await chat.wakeConsoles()
+        }
         if decision.action == .technician {
             let offer = try await engine.submit(DispatchRequest(id: id, category: request.category.lowercased(), priority: decision.priority,
                                                                 region: request.region, requiredSkills: decision.skills))
@@ -101,16 +128,7 @@ public struct ServiceRequestIntake: EnvelopeHandler {
 
     /// Ingress's assertion, verified: signed by an active ingress signing key, for this request.
     static func verifiedAssertion(_ envelope: VerifiedEnvelope, directory: KeyDirectoryStore) throws -> (signed: SignedAssertion, claims: AuthAssertion) {
-        guard let bytes = envelope.payload(PartLabel.authentication),
-              let signed = try? ContractCoding.decode(SignedAssertion.self, from: bytes),
-              let signer = directory.activeSigningKey(KeyReference(keyID: signed.signerKeyId, version: signed.signerVersion)),
-              signer.owner == ServiceName.ingress.rawValue,
-              signer.key.isValidSignature(signed.signature, for: SignedAssertion.context + Array(signed.assertion)),
-              let claims = try? ContractCoding.decode(AuthAssertion.self, from: Array(signed.assertion)),
-              claims.requestId == envelope.header.id.description, claims.deviceEncryptionKey.count == 32 else {
-            throw StageError.permanent("dispatch.bad_assertion", "the authentication assertion is missing, forged or for another request")
-        }
-        return (signed, claims)
+        try AssertionCheck.verified(envelope, subject: envelope.header.id.description, directory: directory, errorCode: "dispatch.bad_assertion")
     }
 
     static func validate(_ r: ServiceRequestPayload) throws {

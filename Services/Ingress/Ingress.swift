@@ -77,13 +77,15 @@ public enum Ingress {
     /// (sealed to their devices) in the devices' inboxes.
     public static let runtime = ServiceRuntime(service: .ingress, migrations: migrations) { context in
         let live = LiveNotifications(database: context.database, channel: "veil_inbox", logger: context.logger)
+        let lookups = PendingLookups()
         return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: InboxStage(context: context, live: live)),
-                            services: [live, try api(context, live: live)])
+                            services: [live, try PosReplyFollower(context: context, pending: lookups),
+                                       try api(context, live: live, lookups: lookups)])
     }
 
     /// The HTTP API as a service of the ingress process.
-    public static func api(_ context: ServiceContext, live: LiveNotifications) throws -> IngressAPI {
-        try IngressAPI(context: context, settings: IngressSettings(context.configuration), live: live)
+    static func api(_ context: ServiceContext, live: LiveNotifications, lookups: PendingLookups) throws -> IngressAPI {
+        try IngressAPI(context: context, settings: IngressSettings(context.configuration), live: live, lookups: lookups)
     }
 }
 
@@ -99,6 +101,10 @@ public struct IngressSettings: Sendable {
     public var enrollmentCodeLifetime: Duration
     public var pseudonymID: KeyRing
     public var pseudonymDevice: KeyRing
+    /// How long a point-of-sale lookup waits for the key-vault.
+    public var posLookupTimeout: Duration
+    /// Downstream providers the till transactions are sealed to.
+    public var posRecipients: [String]
 
     public init(_ configuration: ServiceConfiguration) throws {
         port = try configuration.integer("VEIL_HTTP_PORT", in: 0...65535)
@@ -108,6 +114,9 @@ public struct IngressSettings: Sendable {
         enrollmentToken = configuration.setting("VEIL_ENROLLMENT_TOKEN")
         adminToken = configuration.setting("VEIL_INGRESS_ADMIN_TOKEN")
         enrollmentCodeLifetime = .seconds(try configuration.integer("VEIL_ENROLLMENT_CODE_TTL_SECONDS", in: 60...2_592_000))
+        posLookupTimeout = .milliseconds(try configuration.integer("VEIL_POS_LOOKUP_TIMEOUT_MS", in: 10...60_000))
+        posRecipients = (configuration.setting("VEIL_POS_PROVIDERS") ?? "").split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let keys = KeyFolder(url: URL(fileURLWithPath: configuration.keysDirectory))
         do {
             pseudonymID = try keys.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymIDKey)
@@ -123,19 +132,21 @@ public struct IngressAPI: Service {
     let context: ServiceContext
     let settings: IngressSettings
     let live: LiveNotifications
+    let lookups: PendingLookups?
     let onRunning: @Sendable (Int) async -> Void
 
-    public init(context: ServiceContext, settings: IngressSettings, live: LiveNotifications,
-                onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+    init(context: ServiceContext, settings: IngressSettings, live: LiveNotifications, lookups: PendingLookups?,
+         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
         self.context = context
         self.settings = settings
         self.live = live
+        self.lookups = lookups
         self.onRunning = onRunning
     }
 
     public func run() async throws {
         let router = Router()
-        let handler = RequestHandler(context: context, settings: settings, live: live)
+        let handler = RequestHandler(context: context, settings: settings, live: live, posLookups: lookups)
         router.post("/v1/devices") { request, _ in await handler.respond { try await handler.enroll(request) } }
         router.post("/v1/inquiries") { request, _ in await handler.respond { try await handler.inquire(request) } }
         router.get("/v1/inquiries/{id}") { _, routeContext in
@@ -150,6 +161,11 @@ public struct IngressAPI: Service {
         router.post("/v1/service-requests") { request, _ in await handler.respond { try await handler.submitServiceRequest(request) } }
         router.get("/v1/keys/{service}") { _, routeContext in
             await handler.respond { try handler.publishedKey(routeContext.parameters.get("service") ?? "") }
+        }
+        router.post("/v1/pos/lookups") { request, _ in await handler.respond { try await handler.posLookup(request) } }
+        router.post("/v1/pos/transactions") { request, _ in await handler.respond { try await handler.posTransaction(request) } }
+        router.post("/v1/secure-forms/{id}") { request, routeContext in
+            await handler.respond { try await handler.submitSecureForm(request, formId: routeContext.parameters.get("id") ?? "") }
         }
         router.post("/admin/enrollment-codes") { request, _ in await handler.respond { try await handler.issueEnrollmentCode(request) } }
         router.post("/admin/devices/revoke") { request, _ in await handler.respond { try await handler.revokeDevice(request) } }
@@ -172,6 +188,7 @@ struct RequestHandler: Sendable {
     let context: ServiceContext
     let settings: IngressSettings
     let live: LiveNotifications
+    let posLookups: PendingLookups?
     static let signatureHeader = HTTPField.Name(DeviceRequestSignature.header)!
     static let enrollmentHeader = HTTPField.Name("Veil-Enrollment-Token")!
 

@@ -22,4 +22,9 @@ extension Problem {
     static let notFound = Problem(status: .notFound, code: "not_found", detail: "no such inquiry")
     static let unavailable = Problem(status: .serviceUnavailable, code: "unavailable",
                                      detail: "the inquiry could not be handed to Veil's pipeline; retry with a new nonce")
+    static let vaultTimeout = Problem(status: .gatewayTimeout, code: "pos_vault_timeout",
+                                      detail: "the key-vault did not answer the household lookup in time; retry with a new nonce")
+    static let householdNotFound = Problem(status: .notFound, code: "pos_household_not_found",
+                                           detail: "no household is filed for this customer")
+    static let formNotFound = Problem(status: .notFound, code: "not_found", detail: "no such secure form")
 }

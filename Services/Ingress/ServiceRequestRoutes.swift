@@ -98,9 +98,10 @@ extension RequestHandler {
     }
 
     /// `GET /v1/keys/{service}`: a service's current public encryption key from the key
-    /// directory, for devices to seal to (only the dispatcher's, for service requests).
+    /// directory, for devices to seal to: the dispatcher's (service requests) and the
+    /// key-vault's (a till's TID, a secure form's value).
     func publishedKey(_ service: String) throws -> Response {
-        guard service == ServiceName.dispatcher.rawValue, let key = context.codec.directory.encryptionKey(of: service) else {
+        guard [ServiceName.dispatcher.rawValue, ServiceName.keyVault.rawValue].contains(service), let key = context.codec.directory.encryptionKey(of: service) else {
             throw Problem(status: .notFound, code: "not_found", detail: "no published key for '\(service)'")
         }
         return try json(.ok, PublishedEncryptionKey(keyId: key.reference.keyID, version: key.reference.version,

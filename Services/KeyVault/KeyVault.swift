@@ -15,7 +15,7 @@ import VeilStore
 /// - upstream filing: hashes each record's `P` to `A`, files
 ///   `(token, key versions, encryptedA, encrypted record)` in bulk, idempotently.
 public enum KeyVault {
-    public static var migrations: [Migration] { VaultKeyStore.migrations }
+    public static var migrations: [Migration] { VaultKeyStore.migrations + Households.migrations + SecureForms.migrations }
 
     public static let runtime = ServiceRuntime(service: .keyVault, migrations: migrations) { context in try await parts(context) }
 
@@ -35,10 +35,14 @@ public enum KeyVault {
 public struct KeyVaultHandler: EnvelopeHandler {
     let store: VaultKeyStore
     let filing: RecordFiling
+    let households: Households
+    let secureForms: SecureForms
 
     public init(store: VaultKeyStore, database: Database, logger: Logger) {
         self.store = store
         filing = RecordFiling(database: database, logger: logger)
+        households = Households(database: database, logger: logger)
+        secureForms = SecureForms(database: database, logger: logger)
     }
 
     public static let stage = "key-vault"
@@ -48,12 +52,29 @@ public struct KeyVaultHandler: EnvelopeHandler {
         case (Topic.inquiriesAnonymized.name, MessageType.inquiryAnonymized):
             return [try tokenize(envelope, message: message, codec: codec)]
         case (Topic.upstreamRecords.name, MessageType.upstreamRecordsExported):
-            guard let payload = envelope.payload(PartLabel.records),
-                  let batch = try? ContractCoding.decode(UpstreamBatch.self, from: payload) else {
-                throw StageError.permanent("vault.bad_payload", "not a batch of upstream records")
+            // One envelope type for every provider file; the part label says which file it is.
+            if let payload = envelope.payload(PartLabel.households) {
+                guard let batch = try? ContractCoding.decode(HouseholdBatch.self, from: payload) else {
+                    throw StageError.permanent("vault.bad_payload", "not a batch of households")
+                }
+                try await households.file(batch.households, keys: store.keys)
+            } else if let payload = envelope.payload(PartLabel.pinVerifiers) {
+                guard let batch = try? ContractCoding.decode(PinVerifierBatch.self, from: payload) else {
+                    throw StageError.permanent("vault.bad_payload", "not a batch of PIN verifiers")
+                }
+                try await secureForms.file(batch.pins, keys: store.keys)
+            } else {
+                guard let payload = envelope.payload(PartLabel.records),
+                      let batch = try? ContractCoding.decode(UpstreamBatch.self, from: payload) else {
+                    throw StageError.permanent("vault.bad_payload", "not a batch of upstream records")
+                }
+                try await filing.file(batch.records, keys: store.keys)
             }
-            try await filing.file(batch.records, keys: store.keys)
             return []
+        case (Topic.posLookups.name, MessageType.posLookupRequested):
+            return [try await households.answer(envelope, message: message, codec: codec, keys: store.keys)]
+        case (Topic.secureFormsSubmitted.name, MessageType.secureFormSubmitted):
+            return [try await secureForms.check(envelope, message: message, codec: codec, keys: store.keys)]
         default:
             throw StageError.permanent("vault.unsupported", "the key-vault does not handle \(envelope.header.type) on \(message.topic) yet")
         }

@@ -30,8 +30,9 @@ public enum ServiceName: String, Sendable, CaseIterable, Codable {
     }
 
     /// Topics every replica reads in full with a consumer group of its own (not shared
-    /// with the other replicas): the key directory, and key grants where it receives them.
-    public var follows: [Topic] { [.keysDirectory] + consumes.filter { $0 == .keysGrants } }
+    /// with the other replicas): the key directory, key grants where it receives them,
+    /// and replies to the requests a replica makes itself (point-of-sale lookups).
+    public var follows: [Topic] { [.keysDirectory] + consumes.filter { $0 == .keysGrants || $0 == .posLookupReplies } }
 
     /// The topics its stage consumes, shared among its replicas.
     public var stageTopics: [Topic] { consumes.filter { !follows.contains($0) } }

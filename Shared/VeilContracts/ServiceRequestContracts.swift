@@ -25,8 +25,13 @@ public struct ServiceRequestPayload: Codable, Sendable, Equatable {
     public var region: String?
     /// The customer's tier if the app knows it (`gold`, …).
     public var tier: String?
+    /// Set on a customer's follow-up message in a chat: the id of the request that opened it.
+    /// `description` is then the message.
+    public var conversationId: String?
 
-    public init(category: String, priority: Int, description: String, region: String? = nil, tier: String? = nil) {
+    public init(category: String, priority: Int, description: String, region: String? = nil, tier: String? = nil,
+                conversationId: String? = nil) {
+        self.conversationId = conversationId
         self.category = category
         self.priority = priority
         self.description = description
@@ -209,8 +214,11 @@ public struct CustomerNotification: Codable, Sendable, Equatable {
     public var technician: String?
     public var message: String
     public var at: Date
+    /// With status `secure-form`: the form the agent asks the customer to fill in.
+    public var form: SecureFormRequest?
 
-    public init(requestId: String, status: String, technician: String?, message: String, at: Date) {
+    public init(requestId: String, status: String, technician: String?, message: String, at: Date, form: SecureFormRequest? = nil) {
+        self.form = form
         self.requestId = requestId
         self.status = status
         self.technician = technician

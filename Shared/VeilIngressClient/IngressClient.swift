@@ -50,8 +50,13 @@ public struct IngressClient: Sendable {
     }
 
     /// The dispatcher's public encryption key, to seal service requests to.
-    public func dispatcherKey() async throws -> PublishedEncryptionKey {
-        let (data, response) = try await session.data(from: baseURL.appendingPathComponent("v1/keys/dispatcher"))
+    public func dispatcherKey() async throws -> PublishedEncryptionKey { try await publishedKey("dispatcher") }
+
+    /// The key-vault's public encryption key, to seal a TID or a secure form's value to.
+    public func vaultKey() async throws -> PublishedEncryptionKey { try await publishedKey("key-vault") }
+
+    func publishedKey(_ service: String) async throws -> PublishedEncryptionKey {
+        let (data, response) = try await session.data(from: baseURL.appendingPathComponent("v1/keys/\(service)"))
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         guard status == 200 else { throw Self.failure(status, data) }
         return try JSONDecoder().decode(PublishedEncryptionKey.self, from: data)
@@ -124,6 +129,37 @@ public struct IngressClient: Sendable {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .millisecondsSince1970
         return try decoder.decode(InquiryStatus.self, from: body)
+    }
+
+    /// A till's household lookup: `200` with the HHID and the de-identified TID, or a `Failure`
+    /// (`pos_household_not_found`, `pos_vault_timeout`, `replayed_nonce`, ...).
+    public func posLookup(_ terminal: DeviceIdentity, tid: String, vault: PublishedEncryptionKey? = nil) async throws -> PosLookupResult {
+        let key: PublishedEncryptionKey
+        if let vault { key = vault } else { key = try await vaultKey() }
+        return try await posLookup(try terminal.posLookup(tid: tid, vault: key))
+    }
+
+    /// Sends an already signed lookup (a test replays one with this).
+    public func posLookup(_ signed: SignedRequest) async throws -> PosLookupResult {
+        let (status, body) = try await send(signed)
+        guard status == 200 else { throw Self.failure(status, body) }
+        return try JSONDecoder().decode(PosLookupResult.self, from: body)
+    }
+
+    /// Publishes a till transaction (`202`).
+    public func posTransaction(_ terminal: DeviceIdentity, lookup: PosLookupResult, upcs: [String]) async throws -> PosTransactionReceipt {
+        let (status, body) = try await send(try terminal.posTransaction(lookup, upcs: upcs))
+        guard status == 202 else { throw Self.failure(status, body) }
+        return try JSONDecoder().decode(PosTransactionReceipt.self, from: body)
+    }
+
+    /// Answers an agent's secure-form request with `value`, sealed to the key-vault (`202`).
+    public func answer(_ form: SecureFormRequest, value: String, by device: DeviceIdentity,
+                       vault: PublishedEncryptionKey? = nil) async throws {
+        let key: PublishedEncryptionKey
+        if let vault { key = vault } else { key = try await vaultKey() }
+        let (status, body) = try await send(try device.secureForm(form, value: value, vault: key))
+        guard status == 202 else { throw Self.failure(status, body) }
     }
 
     static func failure(_ status: Int, _ body: Data) -> Failure {

@@ -11,7 +11,7 @@ import FoundationNetworking
 struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "device",
                                                     abstract: "Act as a device: enroll, send inquiries and service requests, read the inbox.",
-                                                    subcommands: [Enroll.self, Inquire.self, Code.self, Request.self, Inbox.self, Revoke.self])
+                                                    subcommands: [Enroll.self, Inquire.self, Code.self, Request.self, Chat.self, Say.self, Form.self, Inbox.self, Revoke.self])
 
     struct DeviceOptions: ParsableArguments {
         @Option(name: .long, help: "The device's key file (created if missing).") var device = ".veil/device.json"
@@ -118,13 +118,63 @@ struct DeviceCommand: AsyncParsableCommand {
         }
     }
 
+    struct Chat: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Open a chat with an agent (a service request of category chat).")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The first message.") var message: String
+
+        func run() async throws {
+            let receipt = try await options.client.submit(try options.identity(), ServiceRequestPayload(
+                category: "chat", priority: 3, description: message))
+            print("\(receipt.id) \(receipt.status)")
+        }
+    }
+
+    struct Say: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Send a message in an open chat (sealed to the dispatcher).")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The chat's id (what `device chat` printed).") var chat: String
+        @Option(name: .long, help: "The message.") var message: String
+
+        func run() async throws {
+            let receipt = try await options.client.submit(try options.identity(), ServiceRequestPayload(
+                category: "chat", priority: 3, description: message, conversationId: chat))
+            print("\(receipt.id) \(receipt.status)")
+        }
+    }
+
+    struct Form: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Answer an agent's secure form: the value is sealed on this device to the key-vault (the agent never sees it).")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The form id (from `device inbox`; default: the latest form request).") var form: String?
+        @Option(name: .long, help: "The value; default: read from standard input (not echoed to your shell history).") var value: String?
+
+        func run() async throws {
+            let client = try options.client, device = try options.identity()
+            let requests = try await client.inbox(device).compactMap(\.form)
+            guard let request = form.map({ id in requests.first { $0.formId == id } }) ?? requests.last else {
+                throw ValidationError("no secure-form request in this device's inbox")
+            }
+            var secret = value
+            if secret == nil {
+                FileHandle.standardError.write(Data("\(request.kind.title): ".utf8))
+                secret = readLine(strippingNewline: true)
+            }
+            guard let secret, !secret.isEmpty else { throw ValidationError("no value given") }
+            try await client.answer(request, value: secret, by: device)
+            print("form \(request.formId) (\(request.kind.title)) submitted, sealed to the key-vault")
+        }
+    }
+
     struct Inbox: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Read and open the device's confirmations.")
         @OptionGroup var options: DeviceOptions
 
         func run() async throws {
             for note in try await options.client.inbox(try options.identity()) {
-                print("\(note.requestId.prefix(8)) \(note.status): \(note.message)")
+                print("\(note.requestId.prefix(8)) \(note.status): \(note.message)"
+                      + (note.form.map { " [form \($0.formId), \($0.kind.rawValue)]" } ?? ""))
             }
         }
     }

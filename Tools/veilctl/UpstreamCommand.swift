@@ -8,8 +8,8 @@ import VeilService
 /// `veilctl upstream`: the first provider's side of upstream filing.
 struct UpstreamCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "upstream", abstract: "Export customer records to the key-vault (provider side).",
-        subcommands: [Sample.self, Export.self])
+        commandName: "upstream", abstract: "Export customer records, households and PINs to the key-vault (provider side).",
+        subcommands: [Sample.self, Export.self, SampleHouseholds.self, Households.self, Pins.self])
 
     /// `veilctl upstream sample --count N --out FILE`.
     struct Sample: ParsableCommand {
@@ -69,6 +69,71 @@ struct UpstreamCommand: AsyncParsableCommand {
             let summary = try await exporter.export(csv: bytes) { summary, fraction in
                 guard !quiet else { return }
                 ProgressBar.draw(fraction: fraction, label: "\(summary.published) records published")
+            }
+            await producer.close()
+            if !quiet && ProgressBar.enabled { FileHandle.standardError.write(Data("\n".utf8)) }
+            print(summary)
+        }
+    }
+}
+
+extension UpstreamCommand {
+    /// `veilctl upstream sample-households --count N --out FILE`.
+    struct SampleHouseholds: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "sample-households",
+                                                        abstract: "Write a synthetic household file (tid,household_id).")
+        @Option(name: .long, help: "Number of customers (TIDs).") var count = 10_000
+        @Option(name: .long, help: "Output file (default: standard output).") var out: String?
+
+        func run() throws {
+            let text = ReferenceFileExporter.sampleHouseholds(count: count)
+            if let out {
+                try Data(text.utf8).write(to: URL(fileURLWithPath: out))
+                FileHandle.standardError.write(Data("wrote \(count) TIDs to \(out)\n".utf8))
+            } else {
+                print(text, terminator: "")
+            }
+        }
+    }
+
+    struct Households: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "File TID → household mappings (CSV tid,household_id) in the key-vault, sealed to it on the way.")
+        @Argument(help: "The household CSV.") var file: String
+        @OptionGroup var options: ReferenceOptions
+        func run() async throws { try await options.export(.households, file: file) }
+    }
+
+    struct Pins: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "File customers' PINs (CSV account_id,pin) as keyed verifiers in the key-vault, for secure forms.")
+        @Argument(help: "The PIN CSV.") var file: String
+        @OptionGroup var options: ReferenceOptions
+        func run() async throws { try await options.export(.pins, file: file) }
+    }
+
+    struct ReferenceOptions: ParsableArguments {
+        @Option(name: .long, help: "The key folder (upstream-exporter identity, provider pseudonym key, key directory).")
+        var keys: String = ProcessInfo.processInfo.environment["VEIL_KEYS_DIR"] ?? ".veil/keys"
+        @Option(name: .long, help: "Bootstrap servers (default: $KAFKA_BROKERS).") var brokers: String?
+        @Flag(name: .long, help: "No progress bar.") var quiet = false
+
+        func export(_ kind: ReferenceFileExporter.Kind, file: String) async throws {
+            guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
+                throw ValidationError("set --brokers or KAFKA_BROKERS")
+            }
+            let folder = KeyFolder(url: URL(fileURLWithPath: keys))
+            let pseudonymKey = try? folder.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymIDKey).current
+            let codec = EnvelopeCodec(identity: try folder.identity("upstream-exporter"), directory: try folder.directoryStore())
+            var logger = Logger(label: "veilctl")
+            logger.logLevel = .error
+            let producer = try KafkaProducer(configuration: ProducerConfiguration(
+                kafka: KafkaConfiguration(bootstrapServers: brokers, clientID: "veil-upstream-exporter")), logger: logger)
+            let exporter = ReferenceFileExporter(codec: codec, producer: producer, pseudonymKey: pseudonymKey ?? nil)
+            let quiet = self.quiet
+            let summary = try await exporter.export(kind, csv: try Array(Data(contentsOf: URL(fileURLWithPath: file)))) { summary, fraction in
+                guard !quiet else { return }
+                ProgressBar.draw(fraction: fraction, label: "\(summary.published) rows published")
             }
             await producer.close()
             if !quiet && ProgressBar.enabled { FileHandle.standardError.write(Data("\n".utf8)) }
