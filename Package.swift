@@ -115,6 +115,7 @@ let package = Package(
             "VeilService", "VeilStore", "VeilKafka", "VeilEnvelope", "VeilClient", "VeilIngressClient",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ] + serviceLibraries.map { .init(stringLiteral: $0) }, path: "Tests/VeilPipelineTests"),
     ],
     swiftLanguageModes: [.v6]

@@ -432,10 +432,10 @@ def run_scenario(page: Page, args, summary: dict) -> None:
 
     # 2. Wait for the offer, accept it.
     step("await-offer")
-    wanted = args.request_id
+    wanted = (args.request_id or "").lower()  # the page may print UUIDs in either case
     request_id = page.wait(
         "await-offer", f"an .offer{f' for {wanted}' if wanted else ''} in #offers",
-        lambda s: next((o for o in s["offers"] if o and (not wanted or o == wanted)), None))
+        lambda s: next((o for o in s["offers"] if o and (not wanted or o.lower() == wanted)), None))
     summary["request_id"] = request_id
     log(f"offer {request_id}")
 

@@ -126,7 +126,8 @@ extension PipelineSuites {
 
         /// Every message of every topic (keys, headers, values), every row of every table of
         /// the services' schemas, every log line.
-        func scanAll(_ world: PipelineWorld, _ scanner: PrivacyScanner) async throws -> (findings: Set<String>, sources: Int) {
+        func scanAll(_ world: PipelineWorld, _ scanner: PrivacyScanner,
+                     schemas: [String] = ["ingress", "anonymizer", "key_vault", "matcher", "merger"]) async throws -> (findings: Set<String>, sources: Int) {
             var findings = Set<String>()
             var sources = 0
             let messages = try await world.readAll(Topic.allWithDeadLetters.map(\.name), idle: .seconds(3), firstWait: .seconds(10))
@@ -138,7 +139,7 @@ extension PipelineSuites {
             sources += Set(messages.map(\.topic)).count
             let tables = try await world.adminStrings("""
                 SELECT table_schema || '.' || table_name FROM information_schema.tables
-                WHERE table_schema IN ('ingress', 'anonymizer', 'key_vault', 'matcher', 'merger') AND table_type = 'BASE TABLE'
+                WHERE table_schema IN (\(schemas.map { "'\($0)'" }.joined(separator: ", "))) AND table_type = 'BASE TABLE'
                 """)
             for table in tables {
                 for row in try await world.adminStrings("SELECT to_jsonb(t)::text FROM \(table) t") {

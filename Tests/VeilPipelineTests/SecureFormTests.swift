@@ -1,0 +1,243 @@
+import AsyncHTTPClient
+import DispatcherService
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import Testing
+import VeilClient
+import VeilContracts
+import VeilCore
+import VeilEnvelope
+import VeilIngressClient
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// An agent's browser without the browser: the console's forms posted over HTTP with the
+/// session cookie, the pages read back as HTML.
+struct ConsoleSession {
+    let base: String
+    let http: HTTPClient
+    var cookie: String?
+
+    init(port: Int) {
+        base = "http://127.0.0.1:\(port)"
+        http = HTTPClient(eventLoopGroupProvider: .singleton,
+                          configuration: HTTPClient.Configuration(redirectConfiguration: .disallow))
+    }
+
+    func shutdown() async { try? await http.shutdown() }
+
+    /// POSTs a form; returns status, the `Location` and the `Set-Cookie` value.
+    func post(_ path: String, _ fields: [String: String] = [:], origin: String? = nil) async throws -> (Int, String?, String?, String) {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+        if let cookie { request.headers.add(name: "Cookie", value: cookie) }
+        if let origin { request.headers.add(name: "Origin", value: origin) }
+        let body = fields.map { "\($0.key)=\($0.value.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")" }.joined(separator: "&")
+        request.body = .bytes(ByteBuffer(string: body))
+        let response = try await http.execute(request, timeout: .seconds(30))
+        let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        let setCookie = response.headers["Set-Cookie"].first?.split(separator: ";").first.map(String.init)
+        return (Int(response.status.code), response.headers["Location"].first, setCookie, text)
+    }
+
+    func get(_ path: String) async throws -> (Int, String) {
+        var request = HTTPClientRequest(url: base + path)
+        if let cookie { request.headers.add(name: "Cookie", value: cookie) }
+        let response = try await http.execute(request, timeout: .seconds(30))
+        return (Int(response.status.code), String(buffer: try await response.body.collect(upTo: 1 << 20)))
+    }
+
+    mutating func signIn(_ agent: String, _ password: String) async throws {
+        let (status, location, setCookie, _) = try await post("/console/login", ["agentId": agent, "password": password])
+        #expect(status == 303 && location == "/console")
+        cookie = setCookie
+    }
+
+    /// Polls the panel until it contains `text`; returns the panel.
+    func waitForPanel(containing text: String, seconds: Int = 30) async throws -> String {
+        var last = ""
+        for _ in 0..<(seconds * 5) {
+            let (_, panel) = try await get("/console/panel")
+            if panel.contains(text) { return panel }
+            last = panel
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        Issue.record("the panel never showed \(text); last panel:\n\(last)")
+        return last
+    }
+
+    /// The reservation id in the panel's accept form for `request`.
+    static func reservation(in panel: String, for request: String) -> String? {
+        guard let offer = panel.range(of: "data-request-id=\"\(request)\"") else { return nil }
+        let rest = panel[offer.upperBound...]
+        guard let start = rest.range(of: "/console/offers/"), let end = rest[start.upperBound...].range(of: "/accept") else { return nil }
+        return String(rest[start.upperBound..<end.lowerBound])
+    }
+}
+
+/// A chat set up for secure-form tests: an agent, a customer with a PIN on file, the chat accepted.
+struct ChatScene {
+    static let agent = "agent-maria", password = "correct horse battery"
+    static let account = "CUST-40017"
+    static let pin = "73016458"
+
+    let world: PipelineWorld
+    let consolePort: Int
+    let customer: DeviceIdentity
+    let chat: String
+
+    static func start(acceptInConsole: Bool = true) async throws -> (ChatScene, ConsoleSession) {
+        let consolePort = try freePort()
+        let world = try await PipelineWorld.start([.ingress, .keyVault, .dispatcher], settings: [
+            "VEIL_INGRESS_ADMIN_TOKEN": PipelineWorld.adminToken, "VEIL_DISPATCHER_HTTP_PORT": String(consolePort),
+        ])
+        try await world.withDispatch { engine in
+            try await AgentAccounts(engine: engine, logger: engine.logger)
+                .upsert(Technician(id: agent, name: "Maria Lopez", skills: [], regions: [], capacity: 2), password: password)
+        }
+        let pins = try await world.exportReference(.pins, csv: "account_id,pin\n\(account),\(pin)\nCUST-other,12345678\nCUST-bad,12ab\n")
+        #expect(pins.published == 2 && pins.rejected["pin not 4 to 12 digits"] == 1)
+        try await world.waitForCount("SELECT count(*) FROM key_vault.pin_verifiers", atLeast: 2)
+
+        let customer = DeviceIdentity(deviceId: "phone-chat-\(UUID().uuidString.prefix(6))")
+        try await world.client.enroll(customer, accountId: account, code: try await world.enrollmentCode(for: account))
+        let chat = try await world.client.submit(customer, ServiceRequestPayload(
+            category: "chat", priority: 3, description: "Hi, I need to change my tariff")).id
+        var console = ConsoleSession(port: consolePort)
+        if acceptInConsole {
+            try await console.signIn(agent, password)
+            let panel = try await console.waitForPanel(containing: "data-request-id=\"\(chat)\"")
+            let reservation = try #require(ConsoleSession.reservation(in: panel, for: chat))
+            let (status, _, _, _) = try await console.post("/console/offers/\(reservation)/accept")
+            #expect(status == 303)
+            _ = try await console.waitForPanel(containing: "class=\"conversation\" data-request-id=\"\(chat)\"")
+        }
+        return (ChatScene(world: world, consolePort: consolePort, customer: customer, chat: chat), console)
+    }
+
+    /// The customer's device waits for the agent's form request.
+    func formRequest(after known: Set<String> = [], seconds: Int = 30) async throws -> SecureFormRequest {
+        for _ in 0..<(seconds * 5) {
+            if let form = try await world.client.inbox(customer).compactMap(\.form).first(where: { !known.contains($0.formId) }) { return form }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw DatabaseError(code: "test.timeout", reason: "no form request reached the device")
+    }
+}
+
+extension PipelineSuites {
+    @Suite("Confidential information in chat: secure forms checked by the key-vault, agents see only the verdict",
+           .serialized, .timeLimit(.minutes(6)))
+    struct SecureFormTests {
+        @Test("an agent asks for a PIN and a card number; wrong and right PIN, invalid and valid card; the agent's pages show only verdicts; no value in any topic, table, log or page — and a planted one is found")
+        func pinAndCard() async throws {
+            let (scene, console) = try await ChatScene.start()
+            let world = scene.world
+            defer { Task { await console.shutdown(); await world.stop() } }
+            let vault = try await world.client.vaultKey()
+
+            // The chat works both ways: the agent's message reaches the device sealed; the customer's answer reaches the console.
+            let (sent, _, _, _) = try await console.post("/console/chats/\(scene.chat)/messages", ["text": "Hello, I can help with that."])
+            #expect(sent == 303)
+            _ = try await world.client.submit(scene.customer, ServiceRequestPayload(category: "chat", priority: 3,
+                                                                                     description: "Thanks! Tariff M please.",
+                                                                                     conversationId: scene.chat))
+            _ = try await console.waitForPanel(containing: "Tariff M please.")
+            #expect(try await world.client.inbox(scene.customer).contains { $0.status == "message" && $0.message == "Hello, I can help with that." })
+
+            var pages: [String] = []
+            var known = Set<String>()
+            func ask(_ kind: String, answer value: String, expect outcome: String) async throws {
+                let (status, _, _, _) = try await console.post("/console/chats/\(scene.chat)/forms", ["kind": kind])
+                #expect(status == 303)
+                let form = try await scene.formRequest(after: known)
+                known.insert(form.formId)
+                #expect(form.kind.rawValue == kind)
+                try await world.client.answer(form, value: value, by: scene.customer, vault: vault)
+                pages.append(try await console.waitForPanel(containing: "data-form-id=\"\(form.formId)\" data-outcome=\"\(outcome)\""))
+            }
+            try await ask("pin", answer: "11112222", expect: "not-verified")
+            try await ask("pin", answer: ChatScene.pin, expect: "verified")
+            try await ask("card", answer: "4242 4242 4242 4241", expect: "invalid")
+            try await ask("card", answer: "4242 4242 4242 4242", expect: "tokenized")
+            #expect(pages.last?.contains("card number: card ending 4242 tokenized") == true)
+            #expect(pages.last?.contains("PIN: verified") == true)
+            #expect(pages.last?.contains("PIN: not verified") == true)
+            // The vault kept a token and the last four digits, never the number.
+            #expect(try await world.adminStrings("SELECT last4 FROM key_vault.value_tokens") == ["4242"])
+
+            // A form answered from another account's device is checked for that account, and the dispatcher refuses the verdict.
+            let stranger = DeviceIdentity(deviceId: "phone-stranger-\(UUID().uuidString.prefix(4))")
+            try await world.client.enroll(stranger, accountId: "CUST-other", code: try await world.enrollmentCode(for: "CUST-other"))
+            let (asked, _, _, _) = try await console.post("/console/chats/\(scene.chat)/forms", ["kind": "pin"])
+            #expect(asked == 303)
+            let lifted = try await scene.formRequest(after: known)
+            try await world.client.answer(lifted, value: "12345678", by: stranger, vault: vault)
+            try await world.waitForCount("SELECT count(*) FROM key_vault.secure_form_checks WHERE form_id = '\(lifted.formId)'", atLeast: 1)
+            try await Task.sleep(for: .seconds(1))
+            #expect(try await world.adminStrings("SELECT outcome FROM dispatcher.secure_forms WHERE id = '\(lifted.formId)'") == ["pending"])
+
+            // Nowhere: the PINs and card numbers, in any encoding, in every topic, table (ingress, vault, dispatcher), log and page.
+            let secrets = [ChatScene.pin, "11112222", "4242 4242 4242 4242", "4242424242424242", "4242 4242 4242 4241", "4242424242424241", "12345678"]
+            var scanner = PrivacyScanner()
+            for secret in secrets { scanner.forbid(Array(secret.utf8), as: "value \(secret)") }
+            let scan = PrivacyScanTests()
+            let clean = try await scan.scanAll(world, scanner, schemas: ["ingress", "key_vault", "dispatcher"])
+            #expect(clean.sources > 8)
+            #expect(clean.findings.isEmpty, "found: \(clean.findings.sorted())")
+            let (_, page) = try await console.get("/console")
+            for html in pages + [page] { #expect(scanner.scan(Array(html.utf8)).isEmpty, "a console page shows a confidential value") }
+            // The scan is not blind: a PIN planted in the dispatcher's tables is found.
+            try await PipelineWorld.withAdmin(world.admin) { client in
+                try await client.query(PostgresQuery(unsafeSQL: "CREATE TABLE dispatcher.planted (note text)"))
+                try await client.query(PostgresQuery(unsafeSQL: "INSERT INTO dispatcher.planted VALUES ('PIN is \(ChatScene.pin)')"))
+            }
+            let planted = try await scan.scanAll(world, scanner, schemas: ["dispatcher"])
+            #expect(planted.findings.contains("table dispatcher.planted: value \(ChatScene.pin) (raw)"))
+            await console.shutdown()
+            await world.stop()
+        }
+
+        @Test("the console refuses the wrong password, other origins and signed-out visitors; five wrong PINs lock the account's checks")
+        func consoleGuards() async throws {
+            let (scene, signedOut) = try await ChatScene.start(acceptInConsole: false)
+            var console = signedOut
+            let world = scene.world
+            defer { Task { await signedOut.shutdown(); await world.stop() } }
+            var stranger = ConsoleSession(port: scene.consolePort)
+            let (refused, _, refusedCookie, page) = try await stranger.post("/console/login", ["agentId": ChatScene.agent, "password": "wrong password"])
+            #expect(refused == 401 && refusedCookie == nil && page.contains("id=\"login-error\""))
+            #expect(try await stranger.get("/console/panel").0 == 401)
+            let (redirect, location, _, _) = try await stranger.post("/console/chats/\(scene.chat)/forms", ["kind": "pin"])
+            #expect(redirect == 303 && location == "/console/login")
+            try await console.signIn(ChatScene.agent, ChatScene.password)
+            let panel = try await console.waitForPanel(containing: "data-request-id=\"\(scene.chat)\"")
+            let reservation = try #require(ConsoleSession.reservation(in: panel, for: scene.chat))
+            let (crossSite, _, _, _) = try await console.post("/console/offers/\(reservation)/accept", origin: "https://evil.example")
+            #expect(crossSite == 403)
+            let (accepted, _, _, _) = try await console.post("/console/offers/\(reservation)/accept",
+                                                             origin: "http://127.0.0.1:\(scene.consolePort)")
+            #expect(accepted == 303)
+            _ = try await console.waitForPanel(containing: "class=\"conversation\"")
+
+            var known = Set<String>()
+            for attempt in 1...6 {
+                _ = try await console.post("/console/chats/\(scene.chat)/forms", ["kind": "pin"])
+                let form = try await scene.formRequest(after: known)
+                known.insert(form.formId)
+                try await world.client.answer(form, value: "0000000\(attempt)", by: scene.customer)
+                let expected = attempt <= 5 ? "not-verified" : "locked"
+                _ = try await console.waitForPanel(containing: "data-form-id=\"\(form.formId)\" data-outcome=\"\(expected)\"")
+            }
+            // A form is answered once: a second answer to the same form changes nothing.
+            stranger.cookie = nil
+            await stranger.shutdown()
+            await console.shutdown()
+            await world.stop()
+        }
+    }
+}
