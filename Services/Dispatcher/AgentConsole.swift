@@ -86,7 +86,7 @@ public struct AgentConsole: Service {
 
     static let securityHeaders: HTTPFields = [
         .contentSecurityPolicy: "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        HTTPField.Name("X-Frame-Options")!: "DENY", HTTPField.Name("Referrer-Policy")!: "no-referrer", .cacheControl: "no-store",
+        HTTPField.Name("X-Frame-Options")!: "DENY", HTTPField.Name("Referrer-Policy")!: "same-origin", .cacheControl: "no-store",
         HTTPField.Name("X-Content-Type-Options")!: "nosniff",
     ]
 
@@ -116,11 +116,14 @@ public struct AgentConsole: Service {
 
     /// A form POST from this console's own origin, decoded.
     func form<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
-        if let origin = request.headers[.origin] {
+        // Browsers say where a request comes from: Sec-Fetch-Site (all current ones), else Origin.
+        // (The SameSite=Strict cookie already keeps other sites' posts signed out; this refuses them outright.)
+        let crossOrigin = Problem(status: .forbidden, code: "cross_origin", detail: "console forms are accepted from the console's own origin only")
+        if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!] {
+            guard site == "same-origin" || site == "none" else { throw crossOrigin }
+        } else if let origin = request.headers[.origin], origin != "null" {
             let authority = request.head.authority ?? ""
-            guard origin == "http://\(authority)" || origin == "https://\(authority)" else {
-                throw Problem(status: .forbidden, code: "cross_origin", detail: "console forms are accepted from the console's own origin only")
-            }
+            guard origin == "http://\(authority)" || origin == "https://\(authority)" else { throw crossOrigin }
         }
         let body = try await request.body.collect(upTo: 16_384)
         do {

@@ -78,7 +78,7 @@ enum ConsoleTemplates {
               <button class="send" type="submit">Send</button>
             </form>
             <form class="secure-form-request" method="post" action="/console/chats/{{requestId}}/forms">
-              <label>Ask for <select class="form-kind" name="kind">
+              <label>Ask for <select class="form-kind" name="kind" data-request-id="{{requestId}}">
                 <option value="pin">PIN</option><option value="card">card number</option><option value="national-id">national id</option>
               </select></label>
               <button class="request-form" type="submit">Send secure form</button>
@@ -103,11 +103,15 @@ enum ConsoleTemplates {
               return response.ok ? response.text() : null;
             }).then(function (html) {
               if (html === null) return;
-              var typing = {};
-              panel.querySelectorAll('textarea.message-text').forEach(function (t) { typing[t.dataset.requestId] = t.value; });
+              // Keep what the agent typed or chose in each chat across the re-render.
+              var kept = {};
+              panel.querySelectorAll('textarea.message-text, select.form-kind').forEach(function (field) {
+                kept[field.className + ':' + field.dataset.requestId] = field.value;
+              });
               panel.innerHTML = html;
-              panel.querySelectorAll('textarea.message-text').forEach(function (t) {
-                if (typing[t.dataset.requestId]) t.value = typing[t.dataset.requestId];
+              panel.querySelectorAll('textarea.message-text, select.form-kind').forEach(function (field) {
+                var value = kept[field.className + ':' + field.dataset.requestId];
+                if (value) field.value = value;
               });
             }).finally(function () {
               busy = false;

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
+import Synchronization
 import Testing
 import VeilClient
 import VeilContracts
@@ -198,6 +199,51 @@ extension PipelineSuites {
             }
             let planted = try await scan.scanAll(world, scanner, schemas: ["dispatcher"])
             #expect(planted.findings.contains("table dispatcher.planted: value \(ChatScene.pin) (raw)"))
+            await console.shutdown()
+            await world.stop()
+        }
+
+        @Test("in a real browser (headless Chromium): an agent signs in, accepts the chat and sends a PIN form; the customer answers on the device; the page shows verified and neither its DOM nor any response it received holds the PIN")
+        func realBrowser() async throws {
+            let (scene, console) = try await ChatScene.start(acceptInConsole: false)
+            let world = scene.world
+            defer { Task { await console.shutdown(); await world.stop() } }
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            let screenshot = root.appendingPathComponent(".veil/artifacts/agent-console.png")
+            try? FileManager.default.removeItem(at: screenshot)
+
+            let browser = Process()
+            browser.executableURL = root.appendingPathComponent("Tests/Browser/run-agent-console.sh")
+            browser.arguments = ["--console", "http://127.0.0.1:\(scene.consolePort)", "--agent", ChatScene.agent,
+                                 "--password", ChatScene.password, "--secret", ChatScene.pin, "--screenshot", screenshot.path,
+                                 "--request-id", scene.chat, "--timeout", "60"]
+            let output = Mutex<[String: Data]>([:])
+            for (name, pipe) in [("stdout", Pipe()), ("stderr", Pipe())] {
+                pipe.fileHandleForReading.readabilityHandler = { handle in
+                    let chunk = handle.availableData
+                    output.withLock { $0[name, default: Data()].append(chunk) }
+                }
+                if name == "stdout" { browser.standardOutput = pipe } else { browser.standardError = pipe }
+            }
+            let exited = AsyncStream<Int32>.makeStream()
+            browser.terminationHandler = { process in
+                exited.continuation.yield(process.terminationStatus)
+                exited.continuation.finish()
+            }
+            try browser.run()
+            // The customer's side, meanwhile: wait for the agent's form on the device and answer it, sealed to the vault.
+            let form = try await scene.formRequest(seconds: 120)
+            #expect(form.kind == .pin)
+            try await world.client.answer(form, value: ChatScene.pin, by: scene.customer)
+            var status: Int32 = -1
+            for await code in exited.stream { status = code }
+            try await Task.sleep(for: .milliseconds(200))
+            let log = output.withLock { logs in logs.mapValues { String(decoding: $0, as: UTF8.self) } }
+            #expect(status == 0, "the browser scenario failed:\n\(log["stderr"] ?? "")\n\(log["stdout"] ?? "")")
+            #expect(log["stdout"]?.contains("FORM_REQUESTED") == true)
+            #expect(log["stdout"]?.contains("\"ok\": true") == true)
+            #expect(FileManager.default.fileExists(atPath: screenshot.path), "the screenshot artifact is saved at \(screenshot.path)")
+            #expect(try await world.adminStrings("SELECT outcome FROM dispatcher.secure_forms WHERE id = '\(form.formId)'") == ["verified"])
             await console.shutdown()
             await world.stop()
         }
