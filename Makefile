@@ -3,7 +3,7 @@ SWIFT      ?= swift
 BUILD_FLAGS ?=
 STACK      := Deploy/local/with-stack.sh
 
-.PHONY: all deps build test demo bench bench-kafka bench-envelope bench-pipeline bench-dispatch stack-up stack-down clean
+.PHONY: all deps build test demo bench bench-kafka bench-envelope bench-pipeline bench-dispatch bench-pos stack-up stack-down clean
 
 all: build
 
@@ -24,7 +24,7 @@ demo: build
 	$(STACK) Deploy/local/demo.sh
 
 ## Benchmarks (release build): Veil's layers against their bare baselines, in one run.
-bench: bench-kafka bench-envelope bench-pipeline bench-dispatch
+bench: bench-kafka bench-envelope bench-pipeline bench-dispatch bench-pos
 
 bench-kafka: deps
 	$(SWIFT) build -c release --product veil-bench
@@ -51,3 +51,8 @@ bench-pipeline: deps
 bench-dispatch: deps
 	$(SWIFT) build -c release
 	$(STACK) Deploy/local/bench-dispatch.sh
+
+## Point-of-sale lookup latency through ingress and the key-vault: p50/p99 at 500 lookups/s.
+bench-pos: deps
+	$(SWIFT) build -c release
+	$(STACK) Deploy/local/bench-pos.sh

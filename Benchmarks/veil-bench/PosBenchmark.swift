@@ -1,0 +1,147 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import Synchronization
+import VeilClient
+import VeilContracts
+import VeilEnvelope
+import VeilIngressClient
+import VeilKafka
+import VeilService
+import VeilStore
+
+/// `veil-bench pos`: point-of-sale lookup latency through ingress and the key-vault
+/// (HTTP → Kafka request → vault → Kafka reply → HTTP answer), open loop at a fixed rate,
+/// against running services. Baseline in the same run: the bare ingress HTTP round trip
+/// (`GET /v1/keys/key-vault`) at the same rate, the floor any lookup pays.
+struct PosBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pos",
+                                                    abstract: "Point-of-sale lookup latency p50/p99 at a fixed rate (target p99 < 20 ms at 500/s).")
+    @Option(help: "Ingress base URL.") var url = "http://127.0.0.1:18080"
+    @Option(help: "Households (TIDs) to file first.") var households = 20_000
+    @Option(help: "Lookups per second.") var rate: Double = 500
+    @Option(help: "Seconds of measurement (after 2 s of warm-up).") var seconds: Double = 10
+    @Option(help: "The key folder (upstream-exporter identity), default $VEIL_KEYS_DIR.") var keys: String?
+    @Option(help: "Bootstrap servers, default $KAFKA_BROKERS.") var brokers: String?
+    @Option(help: "Admin DATABASE_URL (to wait for the filing), default $DATABASE_URL.") var database: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        guard let keysPath = keys ?? environment["VEIL_KEYS_DIR"], let brokers = brokers ?? environment["KAFKA_BROKERS"],
+              let databaseURL = database ?? environment["DATABASE_URL"] else {
+            throw ValidationError("set --keys/VEIL_KEYS_DIR, --brokers/KAFKA_BROKERS and --database/DATABASE_URL")
+        }
+        var logger = Logger(label: "veil-bench")
+        logger.logLevel = .error
+        let folder = KeyFolder(url: URL(fileURLWithPath: keysPath))
+
+        print("== filing \(households) households (veilctl upstream households)")
+        let producer = try KafkaProducer(configuration: ProducerConfiguration(
+            kafka: KafkaConfiguration(bootstrapServers: brokers, clientID: "veil-bench-pos")), logger: logger)
+        let exporter = ReferenceFileExporter(codec: EnvelopeCodec(identity: try folder.identity("upstream-exporter"),
+                                                                  directory: try folder.directoryStore()),
+                                             producer: producer, pseudonymKey: nil)
+        _ = try await exporter.export(.households, csv: Array(ReferenceFileExporter.sampleHouseholds(count: households).utf8))
+        await producer.close()
+        let admin = try DatabaseConfiguration(url: databaseURL)
+        let client = PostgresClient(configuration: admin.clientConfiguration, backgroundLogger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            for _ in 0..<600 {
+                let filed = try await client.query("SELECT count(*)::int FROM key_vault.households", logger: logger)
+                    .collect().first?.decode(Int.self) ?? 0
+                if filed >= households { return }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            throw ValidationError("the key-vault did not file the households in 2 minutes")
+        }
+
+        let ingress = IngressClient(baseURL: URL(string: url)!)
+        let terminal = DeviceIdentity(deviceId: "bench-till-\(UUID().uuidString.prefix(6))")
+        try await ingress.enroll(terminal)
+        let vault = try await ingress.vaultKey()
+        let load = LoadClient(baseURL: url, connections: 64)
+        defer { load.shutdown() }
+
+        // Baseline: the HTTP round trip alone, same rate, same client.
+        let baseline = try await openLoop(rate: rate, seconds: min(seconds, 5)) { _ in
+            var request = HTTPClientRequest(url: url + "/v1/keys/key-vault")
+            request.method = .GET
+            let response = try await load.http.execute(request, timeout: .seconds(30))
+            _ = try await response.body.collect(upTo: 64 * 1024)
+            return response.status.code == 200 ? nil : "status \(response.status.code)"
+        }
+        report("baseline: ingress HTTP round trip (GET /v1/keys/key-vault)", baseline)
+
+        let count = households
+        _ = try await openLoop(rate: rate, seconds: 2) { i in try await Self.lookup(load, terminal, vault, i % count) }  // warm-up
+        let cpuBefore = ProcessCPU.snapshot()
+        let measured = try await openLoop(rate: rate, seconds: seconds) { i in try await Self.lookup(load, terminal, vault, (i * 7919) % count) }
+        print("   CPU ms per lookup: " + ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(), inquiries: measured.latencies.count))
+        report("POS lookup through ingress and the key-vault (target p99 < 20 ms)", measured)
+    }
+
+    static func lookup(_ load: LoadClient, _ terminal: DeviceIdentity, _ vault: PublishedEncryptionKey, _ index: Int) async throws -> String? {
+        let (status, body) = try await load.send(try terminal.posLookup(tid: ReferenceFileExporter.sampleTID(index), vault: vault))
+        guard status == 200 else {
+            let code = (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["code"] as? String
+            return code ?? "status \(status)"
+        }
+        return nil
+    }
+
+    struct Run {
+        var latencies: [Double]
+        var errors: [String: Int]
+        var seconds: Double
+    }
+
+    /// Starts `body` every 1/rate s regardless of how long earlier calls take (open loop, so
+    /// a slow answer cannot hide queueing); latency = start of the call → its answer.
+    func openLoop(rate: Double, seconds: Double, _ body: @escaping @Sendable (Int) async throws -> String?) async throws -> Run {
+        final class Collected: Sendable {
+            let latencies = Mutex<[Double]>([])
+            let errors = Mutex<[String: Int]>([:])
+        }
+        let collected = Collected()
+        let interval = Duration.nanoseconds(Int64(1e9 / rate))
+        let started = ContinuousClock.now
+        let end = started + .milliseconds(Int(seconds * 1000))
+        await withTaskGroup(of: Void.self) { group in
+            var next = started, n = 0
+            while next < end {
+                let i = n
+                group.addTask {
+                    let begin = ContinuousClock.now
+                    do {
+                        if let error = try await body(i) {
+                            collected.errors.withLock { $0[error, default: 0] += 1 }
+                        } else {
+                            let elapsed = ContinuousClock.now - begin
+                            collected.latencies.withLock { $0.append(Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15) }
+                        }
+                    } catch {
+                        collected.errors.withLock { $0["\(type(of: error))", default: 0] += 1 }
+                    }
+                }
+                n += 1
+                next += interval
+                try? await Task.sleep(until: next)
+            }
+        }
+        return Run(latencies: collected.latencies.withLock { $0.sorted() }, errors: collected.errors.withLock { $0 },
+                   seconds: (ContinuousClock.now - started).seconds)
+    }
+
+    func report(_ title: String, _ run: Run) {
+        func percentile(_ p: Double) -> Double { run.latencies.isEmpty ? .nan : run.latencies[min(run.latencies.count - 1, Int(Double(run.latencies.count) * p))] }
+        print("== \(title)")
+        print(String(format: "   %d answered at %.0f/s; p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms", run.latencies.count,
+                     Double(run.latencies.count) / run.seconds, percentile(0.5), percentile(0.9), percentile(0.99), run.latencies.last ?? .nan))
+        if !run.errors.isEmpty { print("   errors: " + run.errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
+    }
+}
