@@ -12,6 +12,8 @@ mkdir -p "$logs"
 base_port=${VEIL_BENCH_ADMIN_PORT:-9311}
 source "$root/Deploy/local/services.sh"
 veil_keys_and_roles
+# A till waits for this round trip: ingress and the key-vault send at once (no linger batching).
+export KAFKA_LINGER_MS=${KAFKA_LINGER_MS:-0}
 trap veil_stop_all EXIT
 echo "==> starting ingress and key-vault (release build; logs in $logs)"
 veil_start_services warning ingress key-vault

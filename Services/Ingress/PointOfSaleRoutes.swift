@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Hummingbird
 import Logging
@@ -122,10 +123,11 @@ extension RequestHandler {
         }
         guard let deviceKey = settings.pseudonymDevice.current else { throw Problem.unavailable }
         let terminalRef = deviceKey.hash(Array(lookup.terminalId.utf8))
-        let terminal = try await enrolledDevice(terminalRef)
-        try verify(request, body: body, with: terminal.signingKey, path: "/v1/pos/lookups", method: "POST")
+        // One round trip on the till's hot path: the terminal's key and the nonce together.
+        let (signingKey, fresh) = try await terminalKeyUsingNonce(nonce, terminalRef: terminalRef)
+        try verify(request, body: body, with: signingKey, path: "/v1/pos/lookups", method: "POST")
         try checkFreshness(lookup.timestamp)
-        try await useNonce(nonce, deviceRef: terminalRef)
+        guard fresh else { throw Problem.replayedNonce }
 
         let id = MessageID.generate()
         let draft = EnvelopeDraft(id: id, type: MessageType.posLookupRequested, parts: [.forwarded(part)])
@@ -189,6 +191,29 @@ extension RequestHandler {
             throw Problem.unavailable
         }
         return try json(.accepted, PosTransactionReceipt(transactionId: id.description, status: "published"))
+    }
+
+    /// The enrolled terminal's signing key, and whether `nonce` was fresh (it is used now,
+    /// in the same statement, before the signature is checked: a forged request burns only
+    /// its own random nonce).
+    func terminalKeyUsingNonce(_ nonce: Data, terminalRef: [UInt8]) async throws -> (Curve25519.Signing.PublicKey, Bool) {
+        let ref = ByteBuffer(bytes: terminalRef)
+        let rows = try await context.database.client.query("""
+            WITH dev AS (
+                SELECT signing_key, revoked_at IS NOT NULL AS revoked FROM \(unescaped: context.database.table("devices")) WHERE device_ref = \(ref)
+            ), fresh AS (
+                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
+                SELECT \(ref), \(ByteBuffer(bytes: nonce)) FROM dev WHERE NOT dev.revoked
+                ON CONFLICT DO NOTHING RETURNING 1
+            )
+            SELECT signing_key, revoked, (SELECT count(*) FROM fresh)::int FROM dev
+            """, logger: context.logger).collect()
+        guard let (signing, revoked, inserted) = try rows.first?.decode((ByteBuffer, Bool, Int).self) else { throw Problem.unknownDevice }
+        guard !revoked else { throw Problem.revokedDevice }
+        guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(signing.readableBytesView)) else {
+            throw Problem.unknownDevice
+        }
+        return (key, inserted == 1)
     }
 
     /// Uses a request nonce (a replay inserts nothing: `replayed_nonce`).

@@ -28,6 +28,41 @@ struct ContractsCommand: ParsableCommand {
                                   access: access, record: ["tier": "gold", "plan": "contract-l"], mergedAt: Date())
             let unmatched = Insight(inquiryId: MessageID.generate().description, matched: false, matchToken: hash, matchKeyVersion: 2,
                                     access: bare, record: nil, mergedAt: Date())
+            // Point of sale: a till's lookup, the vault's answers, the recorded transaction, the household file.
+            let tid = "6274000000007919"
+            let lookupID = MessageID.generate().description
+            let deidentified = Data(key.hash(Array(tid.utf8)))
+            let terminalRef = Data(key.hash(Array("till-0042".utf8)))
+            let found = HouseholdAnswer(lookupId: lookupID, found: true, householdId: "HH-0000001", deidentifiedTid: deidentified)
+            let notFound = HouseholdAnswer(lookupId: MessageID.generate().description, found: false)
+            let unreadable = HouseholdAnswer(lookupId: MessageID.generate().description, found: false,
+                                             error: "no readable terminal-id part sealed to the key-vault")
+            let sale = PosTransactionRecord(transactionId: MessageID.generate().description, terminalRef: terminalRef,
+                                            deidentifiedTid: deidentified, householdId: "HH-0000001",
+                                            upcs: ["4006381333931", "036000291452", "96385074"], occurredAt: Date(), region: "north")
+            let saleNoRegion = PosTransactionRecord(transactionId: MessageID.generate().description, terminalRef: terminalRef,
+                                                    deidentifiedTid: deidentified, householdId: "HH-0000002", upcs: ["5901234123457"],
+                                                    occurredAt: Date(), region: nil)
+            let households = HouseholdBatch(households: [HouseholdMapping(tid: tid, householdId: "HH-0000001"),
+                                                         HouseholdMapping(tid: "6274000000015838", householdId: "HH-0000001")])
+            // Secure forms: the agent's request, the device's value, ingress's assertion, the vault's verdicts, the PIN file.
+            let accountRef = Data(key.derived("veil.account-ref.v1").hash(Array("customer-1001".utf8)))
+            let pinForm = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .pin)
+            let cardForm = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .card)
+            let formAssertion = AuthAssertion(requestId: pinForm.formId, accountRef: accountRef, deviceRef: hash,
+                                              deviceEncryptionKey: Data(key.rawBytes), method: "device-signature",
+                                              enrolledAt: Date(timeIntervalSinceNow: -86_400), authenticatedAt: Date())
+            let formSigned = SignedAssertion(assertion: Data(ContractCoding.encode(formAssertion)), signature: Data(repeating: 9, count: 64),
+                                             signerKeyId: "ingress.signing", signerVersion: 1)
+            let cardToken = "tok_" + key.derived("veil.value-token.v1").hash(Array("card:4111111111111111".utf8)).prefix(16)
+                .map { String(format: "%02x", $0) }.joined()
+            let verified = SecureFormResult(formId: pinForm.formId, kind: .pin, outcome: .verified, accountRef: accountRef)
+            let tokenized = SecureFormResult(formId: cardForm.formId, kind: .card, outcome: .tokenized, accountRef: accountRef,
+                                             last4: "1111", token: cardToken)
+            let locked = SecureFormResult(formId: UUID().uuidString.lowercased(), kind: .pin, outcome: .locked, accountRef: accountRef)
+            let pins = PinVerifierBatch(pins: [PinVerifierRecord(accountRef: accountRef, pin: "4821"),
+                                               PinVerifierRecord(accountRef: hash, pin: "90210735")])
+            let chatID = UUID().uuidString.lowercased()
             let samples: [(String, Topic, String, String, [UInt8])] = [
                 (MessageType.inquiryReceived, .inquiriesReceived, PartLabel.pseudonym, "PseudonymPayload",
                  ContractCoding.encode(PseudonymPayload(pseudonym: hash, keyVersion: 1))),
@@ -48,6 +83,8 @@ struct ContractsCommand: ParsableCommand {
                 (MessageType.insightPublished, .insights, PartLabel.insight, "Insight", ContractCoding.encode(unmatched)),
                 (MessageType.upstreamRecordsExported, .upstreamRecords, PartLabel.records, "UpstreamBatch",
                  ContractCoding.encode(UpstreamBatch(records: [UpstreamRecord(pseudonym: hash, keyVersion: 1, fields: ["tier": "gold"])]))),
+                (MessageType.upstreamRecordsExported, .upstreamRecords, PartLabel.households, "HouseholdBatch", ContractCoding.encode(households)),
+                (MessageType.upstreamRecordsExported, .upstreamRecords, PartLabel.pinVerifiers, "PinVerifierBatch", ContractCoding.encode(pins)),
                 (MessageType.keyGranted, .keysGrants, PartLabel.grant, "KeyGrant",
                  ContractCoding.encode(KeyGrant(purpose: .thirdPartyHash, keys: [.init(version: 1, material: Data(key.rawBytes), active: true)]))),
                 (MessageType.keyGranted, .keysGrants, PartLabel.grant, "KeyGrant",
@@ -58,6 +95,9 @@ struct ContractsCommand: ParsableCommand {
                                                              region: "north", tier: "gold"))),
                 (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.serviceRequest, "ServiceRequestPayload",
                  ContractCoding.encode(ServiceRequestPayload(category: "question", priority: 1, description: "When is my next visit?"))),
+                (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.serviceRequest, "ServiceRequestPayload",
+                 ContractCoding.encode(ServiceRequestPayload(category: "chat", priority: 3, description: "Yes, the one ending 1111.",
+                                                             conversationId: chatID))),
                 (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.authentication, "SignedAssertion",
                  ContractCoding.encode(SignedAssertion(assertion: Data(ContractCoding.encode(AuthAssertion(
                      requestId: MessageID.generate().description, accountRef: hash, deviceRef: hash,
@@ -85,8 +125,36 @@ struct ContractsCommand: ParsableCommand {
                 (MessageType.notificationSent, .customerNotifications, PartLabel.notification, "CustomerNotification",
                  ContractCoding.encode(CustomerNotification(requestId: UUID().uuidString.lowercased(), status: "assigned",
                                                             technician: "Ana", message: "Ana will take care of it.", at: Date()))),
+                (MessageType.notificationSent, .customerNotifications, PartLabel.notification, "CustomerNotification",
+                 ContractCoding.encode(CustomerNotification(requestId: chatID, status: "message", technician: "Mia",
+                                                            message: "Which card is it about?", at: Date()))),
+                (MessageType.notificationSent, .customerNotifications, PartLabel.notification, "CustomerNotification",
+                 ContractCoding.encode(CustomerNotification(requestId: chatID, status: "secure-form", technician: "Mia",
+                                                            message: "Please enter your card number in the secure form.", at: Date(),
+                                                            form: cardForm))),
                 (MessageType.notificationSent, .customerNotifications, PartLabel.routing, "NotificationRouting",
                  ContractCoding.encode(NotificationRouting(deviceRef: hash, requestId: UUID().uuidString.lowercased()))),
+                (MessageType.posLookupRequested, .posLookups, PartLabel.terminalID, "TerminalIDPayload",
+                 ContractCoding.encode(TerminalIDPayload(tid: tid))),
+                (MessageType.posLookupAnswered, .posLookupReplies, PartLabel.household, "HouseholdAnswer", ContractCoding.encode(found)),
+                (MessageType.posLookupAnswered, .posLookupReplies, PartLabel.household, "HouseholdAnswer", ContractCoding.encode(notFound)),
+                (MessageType.posLookupAnswered, .posLookupReplies, PartLabel.household, "HouseholdAnswer", ContractCoding.encode(unreadable)),
+                (MessageType.posTransactionRecorded, .posTransactions, PartLabel.posTransaction, "PosTransactionRecord",
+                 ContractCoding.encode(sale)),
+                (MessageType.posTransactionRecorded, .posTransactions, PartLabel.posTransaction, "PosTransactionRecord",
+                 ContractCoding.encode(saleNoRegion)),
+                (MessageType.secureFormSubmitted, .secureFormsSubmitted, PartLabel.secureValue, "SecureValuePayload",
+                 ContractCoding.encode(SecureValuePayload(formId: pinForm.formId, kind: .pin, value: "4821"))),
+                (MessageType.secureFormSubmitted, .secureFormsSubmitted, PartLabel.secureValue, "SecureValuePayload",
+                 ContractCoding.encode(SecureValuePayload(formId: cardForm.formId, kind: .card, value: "4111 1111 1111 1111"))),
+                (MessageType.secureFormSubmitted, .secureFormsSubmitted, PartLabel.authentication, "SignedAssertion",
+                 ContractCoding.encode(formSigned)),
+                (MessageType.secureFormVerified, .secureFormsResults, PartLabel.secureFormResult, "SecureFormResult",
+                 ContractCoding.encode(verified)),
+                (MessageType.secureFormVerified, .secureFormsResults, PartLabel.secureFormResult, "SecureFormResult",
+                 ContractCoding.encode(tokenized)),
+                (MessageType.secureFormVerified, .secureFormsResults, PartLabel.secureFormResult, "SecureFormResult",
+                 ContractCoding.encode(locked)),
             ]
             // The payload bytes are spliced in exactly as ContractCoding wrote them.
             let objects = samples.map { type, topic, part, schema, payload in
