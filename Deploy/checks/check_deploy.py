@@ -119,10 +119,11 @@ def acl_table(services, consumes, produces, topic_names):
     lines = ["| principal | READ (topics) | WRITE (topics) | READ (groups) |", "|---|---|---|---|"]
     for s in services:
         reads = consumes[s] + ([directory] if directory not in consumes[s] else [])
-        # Followed topics (directory, grants) are read by per-process groups and never dead-lettered.
-        grants = topic_names["keysGrants"]
-        writes = produces[s] + [f"{t}.dlq" for t in consumes[s] if t not in (directory, grants)]
-        groups = f"`veil.{s}`; prefix `veil.{s}.directory.`" + (f", `veil.{s}.grants.`" if grants in consumes[s] else "")
+        # Followed topics (directory, grants, POS lookup replies) are read by per-process groups and never dead-lettered.
+        grants, replies = topic_names["keysGrants"], topic_names["posLookupReplies"]
+        writes = produces[s] + [f"{t}.dlq" for t in consumes[s] if t not in (directory, grants, replies)]
+        groups = f"`veil.{s}`; prefix `veil.{s}.directory.`" + (f", `veil.{s}.grants.`" if grants in consumes[s] else "") \
+            + (f", `veil.{s}.pos-replies.`" if replies in consumes[s] else "")
         lines.append(f"| `User:veil-{s}` | {code(reads)} | {code(writes)} | {groups} |")
     return "\n".join(lines)
 

@@ -38,6 +38,8 @@ public struct ChatDesk: Sendable {
 
     var database: Database { engine.database }
     static let atRestPurpose = "chat-messages"
+    /// How long a customer has to answer a secure form.
+    static let formLifetime: TimeInterval = 600
     public static let consoleKey = "console"
 
     public static let migrations: [Migration] = [
@@ -161,7 +163,16 @@ public struct ChatDesk: Sendable {
             INSERT INTO \(unescaped: database.table("secure_forms")) (id, request_id, agent_id, kind)
             VALUES (\(formID), \(requestID), \(agentID), \(kind.rawValue))
             """, logger: logger)
-        let form = SecureFormRequest(formId: formID.uuidString.lowercased(), kind: kind)
+        let accountRows = try await database.client.query("""
+            SELECT account_ref FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
+            """, logger: logger).collect()
+        guard let account = try accountRows.first?.decode(ByteBuffer.self) else { throw AssignmentError.notFound("request \(requestID)") }
+        var form = SecureFormRequest(formId: formID.uuidString.lowercased(), kind: kind, accountRef: Data(account.readableBytesView),
+                                     expiresAtMs: Int64((Date().timeIntervalSince1970 + Self.formLifetime) * 1000))
+        let (signature, signer) = try codec.identity.signStatement(form.signedBytes)
+        form.signature = Data(signature)
+        form.signerKeyId = signer.keyID
+        form.signerVersion = signer.version
         guard let message = try await messages.notification(requestID, status: "secure-form", technician: try await agentName(agentID),
                                                             message: "Please enter your \(kind.title) in the secure form.",
                                                             id: MessageID(uuid: formID), codec: codec, form: form) else {

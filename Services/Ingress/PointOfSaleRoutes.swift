@@ -148,8 +148,10 @@ extension RequestHandler {
         guard answer.found, let household = answer.householdId, let deidentified = answer.deidentifiedTid else {
             throw answer.error == nil ? Problem.householdNotFound : Problem.invalidField("tid", "the key-vault could not read the sealed TID")
         }
+        let token = try lookupToken(terminalRef: terminalRef, deidentifiedTid: deidentified, householdId: household,
+                                    expiresAtMs: Int64(Date().timeIntervalSince1970 * 1000) + Self.lookupTokenLifetimeMs)
         return try json(.ok, PosLookupResult(lookupId: id.description, householdId: household,
-                                             deidentifiedTid: deidentified.base64EncodedString()))
+                                             deidentifiedTid: deidentified.base64EncodedString(), lookupToken: token))
     }
 
     func posTransaction(_ request: Request) async throws -> Response {
@@ -162,6 +164,9 @@ extension RequestHandler {
             throw Problem.invalidField("deidentifiedTid", "must be the base64 de-identified TID a lookup returned")
         }
         try validate(id: transaction.householdId, field: "householdId")
+        guard let token = Data(base64Encoded: transaction.lookupToken), token.count == 24 else {
+            throw Problem.invalidField("lookupToken", "must be the lookupToken the household lookup returned")
+        }
         guard (1...500).contains(transaction.upcs.count),
               transaction.upcs.allSatisfy({ (8...14).contains($0.count) && $0.allSatisfy { $0.isASCII && $0.isNumber } }) else {
             throw Problem.invalidField("upcs", "must be 1 to 500 UPC/EAN codes of 8 to 14 digits")
@@ -172,6 +177,12 @@ extension RequestHandler {
         let terminal = try await enrolledDevice(terminalRef)
         try verify(request, body: body, with: terminal.signingKey, path: "/v1/pos/transactions", method: "POST")
         try checkFreshness(transaction.timestamp)
+        // Only a household and de-identified TID this terminal got from a lookup, recently.
+        let expires = token.prefix(8).reduce(Int64(0)) { $0 << 8 | Int64($1) }
+        guard expires > Int64(Date().timeIntervalSince1970 * 1000),
+              Self.constantTimeEqual(try lookupToken(terminalRef: terminalRef, deidentifiedTid: deidentified,
+                                                     householdId: transaction.householdId, expiresAtMs: expires),
+                                     transaction.lookupToken) else { throw Problem.lookupTokenRefused }
         try await useNonce(nonce, deviceRef: terminalRef)
 
         let id = MessageID.generate()
@@ -214,6 +225,18 @@ extension RequestHandler {
             throw Problem.unknownDevice
         }
         return (key, inserted == 1)
+    }
+
+    /// How long a lookup's token lets the till record the sale.
+    static let lookupTokenLifetimeMs: Int64 = 15 * 60 * 1000
+
+    /// base64(expiry in ms, 8 bytes big-endian ‖ first 16 bytes of HMAC(kL, terminalRef ‖ dTID ‖ HHID ‖ expiry)),
+    /// `kL` derived from `kP.dev`: stateless, so any ingress replica checks what another issued.
+    func lookupToken(terminalRef: [UInt8], deidentifiedTid: Data, householdId: String, expiresAtMs: Int64) throws -> String {
+        guard let key = settings.pseudonymDevice.current?.derived("veil.pos-lookup-token.v1") else { throw Problem.unavailable }
+        let expiry = (0..<8).map { UInt8(truncatingIfNeeded: expiresAtMs >> (8 * (7 - $0))) }
+        let mac = key.hash(terminalRef + Array(deidentifiedTid) + Array(householdId.utf8) + [0] + expiry)
+        return Data(expiry + mac.prefix(16)).base64EncodedString()
     }
 
     /// Uses a request nonce (a replay inserts nothing: `replayed_nonce`).

@@ -26,5 +26,7 @@ extension Problem {
                                       detail: "the key-vault did not answer the household lookup in time; retry with a new nonce")
     static let householdNotFound = Problem(status: .notFound, code: "pos_household_not_found",
                                            detail: "no household is filed for this customer")
+    static let lookupTokenRefused = Problem(status: .forbidden, code: "pos_lookup_token_refused",
+                                            detail: "the lookupToken does not match this terminal, household and de-identified TID, or it expired")
     static let formNotFound = Problem(status: .notFound, code: "not_found", detail: "no such secure form")
 }

@@ -101,6 +101,15 @@ struct SecureForms: Sendable {
         // Ingress's assertion names the form: a value sealed for one form cannot be posted to another.
         let (_, claims) = try AssertionCheck.verified(envelope, subject: value.formId, directory: codec.directory,
                                                       errorCode: "vault.bad_assertion")
+        // Only forms the dispatcher asked, for this account, in time: no PIN probing without an agent's request.
+        guard let request = value.request, request.formId == value.formId, request.kind == value.kind,
+              request.accountRef == claims.accountRef, let expires = request.expiresAtMs,
+              expires > Int64(Date().timeIntervalSince1970 * 1000), let signature = request.signature,
+              let keyID = request.signerKeyId, let version = request.signerVersion,
+              let signer = codec.directory.activeSigningKey(KeyReference(keyID: keyID, version: version)),
+              signer.owner == ServiceName.dispatcher.rawValue, signer.key.isValidSignature(signature, for: request.signedBytes) else {
+            throw StageError.permanent("vault.unrequested_form", "the form was not signed by the dispatcher for this account, or expired")
+        }
         guard let archive = keys.current(.archive) else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
         let k = Keys(archive)
         let result = try await database.transaction { connection -> SecureFormResult in

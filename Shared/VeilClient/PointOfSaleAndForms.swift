@@ -20,7 +20,7 @@ extension DeviceIdentity {
     public func posTransaction(_ lookup: PosLookupResult, upcs: [String], now: Date = Date()) throws -> SignedRequest {
         try sign(PosTransactionRequest(terminalId: deviceId, timestamp: DeviceRequestSignature.milliseconds(now),
                                        nonce: DeviceRequestSignature.newNonce(), deidentifiedTid: lookup.deidentifiedTid,
-                                       householdId: lookup.householdId, upcs: upcs),
+                                       householdId: lookup.householdId, upcs: upcs, lookupToken: lookup.lookupToken),
                  path: "/v1/pos/transactions")
     }
 
@@ -28,7 +28,7 @@ extension DeviceIdentity {
     /// nobody on the way (ingress, Kafka, the agent, the dispatcher) can read it.
     public func secureForm(_ form: SecureFormRequest, value: String, vault: PublishedEncryptionKey, now: Date = Date()) throws -> SignedRequest {
         guard let recipient = vault.recipient else { throw DeviceRequestError.malformedKey }
-        let part = try SealedPart.seal(ContractCoding.encode(SecureValuePayload(formId: form.formId, kind: form.kind, value: value)),
+        let part = try SealedPart.seal(ContractCoding.encode(SecureValuePayload(formId: form.formId, kind: form.kind, value: value, request: form)),
                                        label: PartLabel.secureValue, to: [recipient])
         return try sign(SecureFormSubmission(deviceId: deviceId, timestamp: DeviceRequestSignature.milliseconds(now),
                                              nonce: DeviceRequestSignature.newNonce(), value: Data(part.bytes).base64EncodedString()),

@@ -100,7 +100,7 @@ public struct HouseholdBatch: Codable, Sendable, Equatable {
 public struct PosLookupRequest: Codable, Sendable, Equatable {
     public var terminalId: String
     public var timestamp: Int64
-    /// base64 of 16 to 64 random bytes; also inside the sealed TID.
+    /// base64 of 16 to 64 random bytes, single use per terminal.
     public var nonce: String
     /// base64 of a `SealedPart` labelled `terminal-id`, sealed to the key-vault's current key.
     public var tid: String
@@ -118,11 +118,15 @@ public struct PosLookupResult: Codable, Sendable, Equatable {
     public var lookupId: String
     public var householdId: String
     public var deidentifiedTid: String
+    /// Ingress's proof that this terminal got this household and de-identified TID from a
+    /// lookup (a keyed MAC with an expiry): the transaction must carry it.
+    public var lookupToken: String
 
-    public init(lookupId: String, householdId: String, deidentifiedTid: String) {
+    public init(lookupId: String, householdId: String, deidentifiedTid: String, lookupToken: String) {
         self.lookupId = lookupId
         self.householdId = householdId
         self.deidentifiedTid = deidentifiedTid
+        self.lookupToken = lookupToken
     }
 }
 
@@ -135,8 +139,12 @@ public struct PosTransactionRequest: Codable, Sendable, Equatable {
     public var deidentifiedTid: String
     public var householdId: String
     public var upcs: [String]
+    /// The `lookupToken` of the lookup that returned this household.
+    public var lookupToken: String
 
-    public init(terminalId: String, timestamp: Int64, nonce: String, deidentifiedTid: String, householdId: String, upcs: [String]) {
+    public init(terminalId: String, timestamp: Int64, nonce: String, deidentifiedTid: String, householdId: String, upcs: [String],
+                lookupToken: String) {
+        self.lookupToken = lookupToken
         self.terminalId = terminalId
         self.timestamp = timestamp
         self.nonce = nonce

@@ -41,11 +41,15 @@ public struct SecureValuePayload: Codable, Sendable, Equatable {
     public var formId: String
     public var kind: SecureFormKind
     public var value: String
+    /// The dispatcher's signed form request, as the device received it: the vault checks a
+    /// value only for a form an agent really asked, for this account, before it expires.
+    public var request: SecureFormRequest?
 
-    public init(formId: String, kind: SecureFormKind, value: String) {
+    public init(formId: String, kind: SecureFormKind, value: String, request: SecureFormRequest? = nil) {
         self.formId = formId
         self.kind = kind
         self.value = value
+        self.request = request
     }
 }
 
@@ -121,13 +125,37 @@ public struct SecureFormSubmission: Codable, Sendable, Equatable {
     }
 }
 
-/// What a customer notification of status `secure-form` carries in `form`.
+/// What a customer notification of status `secure-form` carries in `form`: the form,
+/// signed by the dispatcher (Ed25519 over `"veil.secure-form-request.v1\n"` + the JSON of
+/// `formId`, `kind`, `accountRef`, `expiresAtMs`), so the key-vault can tell a form an
+/// agent asked from one a device made up.
 public struct SecureFormRequest: Codable, Sendable, Equatable {
     public var formId: String
     public var kind: SecureFormKind
+    /// The account whose customer is asked (the chat's).
+    public var accountRef: Data?
+    /// Milliseconds since 1970 after which the vault refuses answers.
+    public var expiresAtMs: Int64?
+    public var signature: Data?
+    public var signerKeyId: String?
+    public var signerVersion: UInt32?
 
-    public init(formId: String, kind: SecureFormKind) {
+    public static let context = Array("veil.secure-form-request.v1\n".utf8)
+
+    public init(formId: String, kind: SecureFormKind, accountRef: Data? = nil, expiresAtMs: Int64? = nil, signature: Data? = nil,
+                signerKeyId: String? = nil, signerVersion: UInt32? = nil) {
         self.formId = formId
         self.kind = kind
+        self.accountRef = accountRef
+        self.expiresAtMs = expiresAtMs
+        self.signature = signature
+        self.signerKeyId = signerKeyId
+        self.signerVersion = signerVersion
+    }
+
+    /// The bytes the dispatcher signs.
+    public var signedBytes: [UInt8] {
+        struct Claims: Encodable { var formId: String; var kind: SecureFormKind; var accountRef: Data?; var expiresAtMs: Int64? }
+        return Self.context + ContractCoding.encode(Claims(formId: formId, kind: kind, accountRef: accountRef, expiresAtMs: expiresAtMs))
     }
 }

@@ -103,6 +103,14 @@ extension PipelineSuites {
                 _ = try await world.client.posTransaction(till, lookup: lookup, upcs: ["not-a-upc"])
                 Issue.record("a bad UPC was accepted")
             } catch { #expect(problemCode(error) == "invalid_field") }
+            // A sale for a household this till did not look up (same token, another HHID) is refused.
+            let forged = try till.sign(PosTransactionRequest(terminalId: till.deviceId, timestamp: DeviceRequestSignature.milliseconds(Date()),
+                                                             nonce: DeviceRequestSignature.newNonce(), deidentifiedTid: lookup.deidentifiedTid,
+                                                             householdId: other.householdId, upcs: ["036000291452"],
+                                                             lookupToken: lookup.lookupToken),
+                                       path: "/v1/pos/transactions")
+            let (forgedStatus, forgedBody) = try await world.client.send(forged)
+            #expect(forgedStatus == 403 && String(decoding: forgedBody, as: UTF8.self).contains("pos_lookup_token_refused"))
             let published = try await world.readAll([Topic.posTransactions.name], count: 1, idle: .seconds(2))
             #expect(published.count == 1)
             let provider = EnvelopeCodec(identity: try world.keys.identity("provider-demo"), directory: try world.keys.directoryStore())

@@ -171,15 +171,18 @@ extension PipelineSuites {
             // The vault kept a token and the last four digits, never the number.
             #expect(try await world.adminStrings("SELECT last4 FROM key_vault.value_tokens") == ["4242"])
 
-            // A form answered from another account's device is checked for that account, and the dispatcher refuses the verdict.
+            // A form answered from another account's device: the vault refuses to check it (the dispatcher signed it for the
+            // chat's account), so no verdict exists and the form stays pending.
             let stranger = DeviceIdentity(deviceId: "phone-stranger-\(UUID().uuidString.prefix(4))")
             try await world.client.enroll(stranger, accountId: "CUST-other", code: try await world.enrollmentCode(for: "CUST-other"))
             let (asked, _, _, _) = try await console.post("/console/chats/\(scene.chat)/forms", ["kind": "pin"])
             #expect(asked == 303)
             let lifted = try await scene.formRequest(after: known)
             try await world.client.answer(lifted, value: "12345678", by: stranger, vault: vault)
-            try await world.waitForCount("SELECT count(*) FROM key_vault.secure_form_checks WHERE form_id = '\(lifted.formId)'", atLeast: 1)
-            try await Task.sleep(for: .seconds(1))
+            let refused = try await world.readAll([Topic.secureFormsSubmitted.deadLetter.name], count: 1, idle: .seconds(5),
+                                                  firstWait: .seconds(30))
+            #expect(refused.count == 1)
+            #expect(try await world.adminCount("SELECT count(*) FROM key_vault.secure_form_checks WHERE form_id = '\(lifted.formId)'") == 0)
             #expect(try await world.adminStrings("SELECT outcome FROM dispatcher.secure_forms WHERE id = '\(lifted.formId)'") == ["pending"])
 
             // Nowhere: the PINs and card numbers, in any encoding, in every topic, table (ingress, vault, dispatcher), log and page.
@@ -279,7 +282,13 @@ extension PipelineSuites {
                 let expected = attempt <= 5 ? "not-verified" : "locked"
                 _ = try await console.waitForPanel(containing: "data-form-id=\"\(form.formId)\" data-outcome=\"\(expected)\"")
             }
-            // A form is answered once: a second answer to the same form changes nothing.
+            // A form no agent asked for (made up on the device, unsigned) is never checked: no PIN probing.
+            let madeUp = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .pin)
+            try await world.client.answer(madeUp, value: ChatScene.pin, by: scene.customer)
+            let deadLetters = try await world.readAll([Topic.secureFormsSubmitted.deadLetter.name], count: 1, idle: .seconds(5),
+                                                      firstWait: .seconds(30))
+            #expect(deadLetters.first?.headers.contains { $0.name == DeadLetterHeader.code && $0.value == Array("vault.unrequested_form".utf8) } == true)
+            #expect(try await world.adminCount("SELECT count(*) FROM key_vault.secure_form_checks WHERE form_id = '\(madeUp.formId)'") == 0)
             stranger.cookie = nil
             await stranger.shutdown()
             await console.shutdown()

@@ -47,8 +47,11 @@ struct ContractsCommand: ParsableCommand {
                                                          HouseholdMapping(tid: "6274000000015838", householdId: "HH-0000001")])
             // Secure forms: the agent's request, the device's value, ingress's assertion, the vault's verdicts, the PIN file.
             let accountRef = Data(key.derived("veil.account-ref.v1").hash(Array("customer-1001".utf8)))
-            let pinForm = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .pin)
-            let cardForm = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .card)
+            let expires = Int64(Date().timeIntervalSince1970 * 1000) + 600_000
+            let pinForm = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .pin, accountRef: accountRef, expiresAtMs: expires,
+                                            signature: Data(repeating: 7, count: 64), signerKeyId: "dispatcher.signing", signerVersion: 1)
+            let cardForm = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .card, accountRef: accountRef, expiresAtMs: expires,
+                                             signature: Data(repeating: 8, count: 64), signerKeyId: "dispatcher.signing", signerVersion: 1)
             let formAssertion = AuthAssertion(requestId: pinForm.formId, accountRef: accountRef, deviceRef: hash,
                                               deviceEncryptionKey: Data(key.rawBytes), method: "device-signature",
                                               enrolledAt: Date(timeIntervalSinceNow: -86_400), authenticatedAt: Date())
@@ -144,9 +147,9 @@ struct ContractsCommand: ParsableCommand {
                 (MessageType.posTransactionRecorded, .posTransactions, PartLabel.posTransaction, "PosTransactionRecord",
                  ContractCoding.encode(saleNoRegion)),
                 (MessageType.secureFormSubmitted, .secureFormsSubmitted, PartLabel.secureValue, "SecureValuePayload",
-                 ContractCoding.encode(SecureValuePayload(formId: pinForm.formId, kind: .pin, value: "4821"))),
+                 ContractCoding.encode(SecureValuePayload(formId: pinForm.formId, kind: .pin, value: "4821", request: pinForm))),
                 (MessageType.secureFormSubmitted, .secureFormsSubmitted, PartLabel.secureValue, "SecureValuePayload",
-                 ContractCoding.encode(SecureValuePayload(formId: cardForm.formId, kind: .card, value: "4111 1111 1111 1111"))),
+                 ContractCoding.encode(SecureValuePayload(formId: cardForm.formId, kind: .card, value: "4111 1111 1111 1111", request: cardForm))),
                 (MessageType.secureFormSubmitted, .secureFormsSubmitted, PartLabel.authentication, "SignedAssertion",
                  ContractCoding.encode(formSigned)),
                 (MessageType.secureFormVerified, .secureFormsResults, PartLabel.secureFormResult, "SecureFormResult",
