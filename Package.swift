@@ -83,6 +83,7 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
         ] + ($0.folder == "Dispatcher" ? [  // the agent console: templates and password hashing
             .product(name: "Mustache", package: "swift-mustache"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),  // the SMS gateway adapter
         ] : []), path: "Services/\($0.folder)",
                 exclude: ["App"])
     } + services.map {

@@ -2,7 +2,8 @@
 # `make demo`: Veil's main job end to end on the stack (with-stack.sh set DATABASE_URL
 # and KAFKA_BROKERS): keys and database roles, the seven services, 10,000 synthetic
 # customers exported and filed, 1,000 signed inquiries from a device, the downstream
-# provider's decrypted results and a summary; then a k2 rotation, the dead-letter
+# provider's decrypted results and a summary; then a k2 rotation, service requests and
+# technicians, the SMS-to-app channel link, point-of-sale lookups, the dead-letter
 # path, a service-key rotation gone wrong and repaired with veilctl status and dlq
 # replay, and a graceful shutdown.
 set -euo pipefail
@@ -16,6 +17,9 @@ base_port=${VEIL_DEMO_ADMIN_PORT:-9101}
 
 source "$root/Deploy/local/services.sh"
 export VEIL_INGRESS_ADMIN_TOKEN=${VEIL_INGRESS_ADMIN_TOKEN:-demo-admin-token-$RANDOM$RANDOM}
+export VEIL_DISPATCHER_ADMIN_TOKEN=${VEIL_DISPATCHER_ADMIN_TOKEN:-demo-dispatcher-token-$RANDOM$RANDOM}
+export VEIL_SMS_PROVIDER=outbox VEIL_SMS_OUTBOX_DIR=$state/sms-outbox
+rm -rf "$VEIL_SMS_OUTBOX_DIR"
 veil_keys_and_roles
 trap veil_stop_all EXIT
 echo "==> starting the seven services (logs in $logs)"
@@ -100,6 +104,32 @@ sed 's/^/  /' "$state/tech-ana.txt" "$state/tech-ben.txt"
 echo "  the customer's phone opens its confirmations (sealed to it; ingress only stored sealed bytes):"
 "$bin/veilctl" device inbox --device "$state/customer-phone.json" --url "$ingress_url" | sed 's/^/    /'
 "$bin/veilctl" dispatch stats --database "$VEIL_DATABASE_URL_DISPATCHER" | sed 's/^/  /'
+
+echo
+echo "==> from SMS to the app: a customer texted the hotline; the back office sends a one-time signed link; their app opens it"
+"$bin/veilctl" channel upgrade --phone +4917612345678 --message "Internet down, can you help?" | sed 's/^/  /'
+link=$(python3 -c 'import glob, json, sys; f = sorted(glob.glob(sys.argv[1] + "/*.json"))[-1]; print(json.load(open(f))["text"].split()[-1])' "$VEIL_SMS_OUTBOX_DIR")
+echo "  SMS outbox ($VEIL_SMS_OUTBOX_DIR): \"Continue securely in our app: ${link%%#*}#…\""
+"$bin/veilctl" device open-link --device "$state/customer-phone.json" --url "$ingress_url" --link "$link" | sed 's/^/  /'
+"$bin/veilctl" device open-link --device "$state/customer-phone.json" --url "$ingress_url" --link "$link" >/dev/null
+sleep 3
+echo "  the app's inbox (the second opening of the same link is refused):"
+"$bin/veilctl" device inbox --device "$state/customer-phone.json" --url "$ingress_url" | grep channel- | sed 's/^/    /'
+echo "  (an agent now sees the chat in the console at http://127.0.0.1:${VEIL_DISPATCHER_HTTP_PORT:-8082}/console: veilctl agent add)"
+
+echo
+echo "==> point of sale: the provider files 2,000 TID → household mappings (sealed to the key-vault); a till looks customers up"
+"$bin/veilctl" upstream sample-households --count 2000 --out "$state/households.csv" 2>/dev/null
+"$bin/veilctl" upstream households "$state/households.csv" --quiet | sed 's/^/  /'
+sleep 3
+"$bin/veilctl" pos enroll --terminal till-7 --keys "$state/till-7.json" --url "$ingress_url" | sed 's/^/  /'
+for row in 2 3 4; do
+  tid=$(sed -n "${row}p" "$state/households.csv" | cut -d, -f1)   # the till reads the customer's card
+  "$bin/veilctl" pos sale --terminal till-7 --keys "$state/till-7.json" --url "$ingress_url" --tid "$tid" \
+    --upcs 036000291452,4006381333931 | sed 's/^/  /'
+done
+"$bin/veilctl" pos lookup --terminal till-7 --keys "$state/till-7.json" --url "$ingress_url" --tid 6274999999999999 2>&1 \
+  | sed 's/^/  unknown card: /' || true
 
 echo
 echo "==> a value that is not a signed envelope goes to the dead-letter topic, with the reason"

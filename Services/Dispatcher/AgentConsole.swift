@@ -20,6 +20,9 @@ import VeilStore
 public struct AgentConsole: Service {
     let desk: ChatDesk
     let accounts: AgentAccounts
+    /// SMS → app channel links, agents' SMS, inbound SMS (nil: no SMS channel).
+    let upgrades: ChannelUpgrades?
+    let inboundSMSToken: String?
     let live: LiveNotifications
     let context: ServiceContext
     let port: Int
@@ -29,8 +32,10 @@ public struct AgentConsole: Service {
     let onRunning: @Sendable (Int) async -> Void
 
     public init(desk: ChatDesk, accounts: AgentAccounts, live: LiveNotifications, context: ServiceContext, port: Int,
-                adminToken: String?, sessionLifetime: Duration, secureCookie: Bool,
-                onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+                adminToken: String?, sessionLifetime: Duration, secureCookie: Bool, upgrades: ChannelUpgrades? = nil,
+                inboundSMSToken: String? = nil, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) {
+        self.upgrades = upgrades
+        self.inboundSMSToken = inboundSMSToken
         self.desk = desk
         self.accounts = accounts
         self.live = live
@@ -61,6 +66,8 @@ public struct AgentConsole: Service {
             await respond { try await chatAction(request, id: routeContext.parameters.get("id"), action: routeContext.parameters.get("action")) }
         }
         router.post("/admin/agents") { request, _ in await respond { try await addAgent(request) } }
+        router.post("/admin/channel-upgrades") { request, _ in await respond { try await startUpgrade(request) } }
+        router.post("/sms/inbound") { request, _ in await respond { try await inboundSMS(request) } }
         let onRunning = self.onRunning
         let app = Application(router: router,
                               configuration: .init(address: .hostname(context.configuration.adminHost, port: port), serverName: "veil-dispatcher"),
@@ -199,6 +206,7 @@ public struct AgentConsole: Service {
             },
             "conversations": panel.conversations.map { conversation in
                 ["requestId": conversation.requestID.uuidString.lowercased(), "category": conversation.category,
+                 "sms": conversation.channel == "sms", "appConnected": conversation.appConnected,
                  "messages": conversation.messages.map { ["sender": $0.sender, "text": $0.text] },
                  "forms": conversation.forms.map { ["id": $0.id.uuidString.lowercased(), "outcome": $0.outcome, "text": $0.text] },
                 ] as [String: Any]
@@ -230,7 +238,7 @@ public struct AgentConsole: Service {
     }
 
     func chatAction(_ request: Request, id: String?, action: String?) async throws -> Response {
-        struct Fields: Decodable { var text: String?; var kind: String? }
+        struct Fields: Decodable { var text: String?; var kind: String?; var command: String? }
         let fields = try await form(Fields.self, from: request)
         guard let agentID = try await agent(request) else { return redirect("/console/login") }
         guard let requestID = id.flatMap(UUID.init(uuidString:)) else { throw Problem(status: .notFound, code: "not_found", detail: "no such chat") }
@@ -247,6 +255,16 @@ public struct AgentConsole: Service {
             try await desk.requestForm(kind, from: agentID, in: requestID)
         case "close":
             try await desk.close(requestID, by: agentID)
+        case "sms":
+            guard let upgrades, let text = fields.text?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty, text.count <= 480 else {
+                throw Problem.invalidField("text", "must be 1 to 480 characters")
+            }
+            try await upgrades.text(text, from: agentID, in: requestID)
+        case "command":
+            guard let command = fields.command.flatMap(AppCommand.init(rawValue:)) else {
+                throw Problem.invalidField("command", "must be one of \(AppCommand.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            try await desk.command(command, from: agentID, in: requestID)
         default:
             throw Problem(status: .notFound, code: "not_found", detail: "no such action")
         }
@@ -255,13 +273,42 @@ public struct AgentConsole: Service {
 
     // MARK: Admin
 
+    /// Requires `Authorization: Bearer <token>` (compared in constant time); nil token: always refused.
+    func requireBearer(_ request: Request, _ token: String?, variable: String) throws {
+        guard let token, let given = request.headers[.authorization],
+              Array(given.utf8).count == Array("Bearer \(token)".utf8).count,
+              zip(Array(given.utf8), Array("Bearer \(token)".utf8)).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
+            throw Problem(status: .unauthorized, code: "admin_refused", detail: "send Authorization: Bearer <\(variable)>")
+        }
+    }
+
+    /// `POST /admin/channel-upgrades {phoneNumber, message, ttlSeconds?}` (bearer `VEIL_DISPATCHER_ADMIN_TOKEN`):
+    /// opens a chat for a customer who texted or called from `phoneNumber` and texts them a one-time app link.
+    func startUpgrade(_ request: Request) async throws -> Response {
+        try requireBearer(request, adminToken, variable: "VEIL_DISPATCHER_ADMIN_TOKEN")
+        guard let upgrades else { throw Problem(status: .notFound, code: "not_found", detail: "no SMS channel configured") }
+        struct Upgrade: Decodable { var phoneNumber: String; var message: String; var ttlSeconds: Int? }
+        let (_, body) = try await Problem.decodeJSON(Upgrade.self, from: request, maxBytes: 16_384)
+        if let ttl = body.ttlSeconds, !(1...86_400).contains(ttl) { throw Problem.invalidField("ttlSeconds", "must be 1 to 86400") }
+        let started = try await upgrades.start(number: body.phoneNumber, message: body.message, lifetime: body.ttlSeconds.map { .seconds($0) })
+        return Response(status: .created, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(started))))
+    }
+
+    /// `POST /sms/inbound {from, text}` (bearer `VEIL_SMS_INBOUND_TOKEN`): the SMS gateway's webhook.
+    func inboundSMS(_ request: Request) async throws -> Response {
+        try requireBearer(request, inboundSMSToken, variable: "VEIL_SMS_INBOUND_TOKEN")
+        guard let upgrades else { throw Problem(status: .notFound, code: "not_found", detail: "no SMS channel configured") }
+        struct Inbound: Decodable { var from: String; var text: String }
+        let (_, body) = try await Problem.decodeJSON(Inbound.self, from: request, maxBytes: 16_384)
+        let filed = try await upgrades.inbound(from: body.from, text: body.text)
+        return Response(status: filed == nil ? .accepted : .ok, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(string: filed == nil ? #"{"status":"no open chat for this number"}"# : #"{"status":"filed"}"#)))
+    }
+
     /// `POST /admin/agents {id, name, skills, capacity, password}` (bearer `VEIL_DISPATCHER_ADMIN_TOKEN`).
     func addAgent(_ request: Request) async throws -> Response {
-        guard let adminToken, let given = request.headers[.authorization],
-              Array(given.utf8).count == Array("Bearer \(adminToken)".utf8).count,
-              zip(Array(given.utf8), Array("Bearer \(adminToken)".utf8)).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
-            throw Problem(status: .unauthorized, code: "admin_refused", detail: "send Authorization: Bearer <VEIL_DISPATCHER_ADMIN_TOKEN>")
-        }
+        try requireBearer(request, adminToken, variable: "VEIL_DISPATCHER_ADMIN_TOKEN")
         struct NewAgent: Decodable { var id: String; var name: String; var skills: [String]?; var capacity: Int?; var password: String }
         let (_, body) = try await Problem.decodeJSON(NewAgent.self, from: request, maxBytes: 16_384)
         guard !body.id.isEmpty, body.id.utf8.count <= 64, !body.name.isEmpty, (1...50).contains(body.capacity ?? 3) else {

@@ -66,7 +66,9 @@ public struct DispatchMessages: Sendable {
         let rows = try await database.client.query("""
             SELECT device_ref, device_encryption_key FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
             """, logger: logger).collect()
-        guard let (deviceRef, encryption) = try rows.first?.decode((ByteBuffer, ByteBuffer).self) else { return nil }
+        // A request opened by SMS has no device until the customer opens the link in the app.
+        guard let (deviceRef, encryption) = try rows.first?.decode((ByteBuffer?, ByteBuffer?).self),
+              let deviceRef, let encryption else { return nil }
         return try notification(requestID, deviceRef: Array(deviceRef.readableBytesView), deviceKey: Array(encryption.readableBytesView),
                                 status: status, technician: technician, message: message, id: id, codec: codec, form: form)
     }

@@ -95,8 +95,8 @@ public struct ChatDesk: Sendable {
             JOIN \(unescaped: database.table("dispatch_requests")) d ON d.id = s.id
             WHERE s.id = \(requestID) AND d.worker_kind = 'agent'
             """, logger: logger).collect()
-        guard let (account, status) = try rows.first?.decode((ByteBuffer, String).self),
-              Data(account.readableBytesView) == accountRef else {
+        guard let (account, status) = try rows.first?.decode((ByteBuffer?, String).self),
+              let account, Data(account.readableBytesView) == accountRef else {
             throw StageError.permanent("dispatch.not_your_conversation", "no chat of this account has this id")
         }
         guard status != "completed", status != "cancelled" else {
@@ -147,10 +147,21 @@ public struct ChatDesk: Sendable {
         let id = UUID()
         guard let message = try await messages.notification(requestID, status: "message", technician: try await agentName(agentID),
                                                             message: text, id: MessageID(uuid: id), codec: codec) else {
-            throw AssignmentError.notFound("the customer's device for \(requestID)")
+            throw AssignmentError.invalid("the customer has no app channel for this chat yet: text them instead")
         }
         try await send(message)
         try await append(requestID, sender: "agent", agentID: agentID, text: text, id: id)
+    }
+
+    /// Sends a command to the customer's app over the secure channel (e.g. open the diagnostics screen).
+    func command(_ command: AppCommand, from agentID: String, in requestID: UUID) async throws {
+        try await requireConversation(requestID, agent: agentID)
+        guard let message = try await messages.notification(requestID, status: "command", technician: try await agentName(agentID),
+                                                            message: command.rawValue, id: MessageID.generate(), codec: codec) else {
+            throw AssignmentError.invalid("the customer has no app channel for this chat yet")
+        }
+        try await send(message)
+        try await append(requestID, sender: "agent", agentID: agentID, text: "[app command] \(command.rawValue)")
     }
 
     /// Asks the customer for a confidential value: files the form (pending) and sends the
@@ -166,7 +177,9 @@ public struct ChatDesk: Sendable {
         let accountRows = try await database.client.query("""
             SELECT account_ref FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
             """, logger: logger).collect()
-        guard let account = try accountRows.first?.decode(ByteBuffer.self) else { throw AssignmentError.notFound("request \(requestID)") }
+        guard let account = try accountRows.first?.decode(ByteBuffer?.self) ?? nil else {
+            throw AssignmentError.invalid("the customer has not opened the app channel yet: send them a channel link, or text them")
+        }
         var form = SecureFormRequest(formId: formID.uuidString.lowercased(), kind: kind, accountRef: Data(account.readableBytesView),
                                      expiresAtMs: Int64((Date().timeIntervalSince1970 + Self.formLifetime) * 1000))
         let (signature, signer) = try codec.identity.signStatement(form.signedBytes)
@@ -227,6 +240,8 @@ public struct ChatDesk: Sendable {
         public struct Form: Sendable { public var id: UUID, kind: SecureFormKind, outcome: String, text: String }
         public struct Conversation: Sendable {
             public var requestID: UUID, category: String, messages: [Message], forms: [Form]
+            /// `app` or `sms` (opened by a text or a call); whether the customer's app is connected.
+            public var channel: String = "app", appConnected: Bool = true
         }
         public var agentID: String
         public var agentName: String
@@ -254,10 +269,11 @@ public struct ChatDesk: Sendable {
         }
         var conversations: [Panel.Conversation] = []
         for row in try await client.query("""
-            SELECT id, category FROM \(unescaped: requests)
-            WHERE technician_id = \(agentID) AND status = 'assigned' AND worker_kind = 'agent' ORDER BY assigned_at
+            SELECT d.id, d.category, coalesce(s.channel, 'app'), s.device_ref IS NOT NULL FROM \(unescaped: requests) d
+            LEFT JOIN \(unescaped: database.table("service_requests")) s ON s.id = d.id
+            WHERE d.technician_id = \(agentID) AND d.status = 'assigned' AND d.worker_kind = 'agent' ORDER BY d.assigned_at
             """, logger: logger).collect() {
-            let (request, category) = try row.decode((UUID, String).self)
+            let (request, category, channel, connected) = try row.decode((UUID, String, String, Bool).self)
             var forms: [Panel.Form] = []
             for form in try await client.query("""
                 SELECT id, kind, outcome, last4 FROM \(unescaped: database.table("secure_forms")) WHERE request_id = \(request) ORDER BY requested_at
@@ -268,7 +284,8 @@ public struct ChatDesk: Sendable {
                     ?? "waiting for the customer"
                 forms.append(.init(id: id, kind: kind, outcome: outcome, text: "\(kind.title): \(text)"))
             }
-            conversations.append(.init(requestID: request, category: category, messages: try await conversationMessages(request), forms: forms))
+            conversations.append(.init(requestID: request, category: category, messages: try await conversationMessages(request), forms: forms,
+                                       channel: channel, appConnected: connected))
         }
         return Panel(agentID: agentID, agentName: try await agentName(agentID) ?? agentID, waiting: waiting, offers: offers,
                      conversations: conversations)

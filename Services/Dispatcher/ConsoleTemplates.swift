@@ -66,7 +66,8 @@ enum ConsoleTemplates {
         {{^conversations}}<p class="empty">No open chat.</p>{{/conversations}}
         {{#conversations}}
           <article class="conversation" data-request-id="{{requestId}}">
-            <h3>{{category}} <small>{{requestId}}</small></h3>
+            <h3>{{category}} <small>{{requestId}}</small>
+              {{#sms}}<span class="channel" data-channel="sms">via SMS{{#appConnected}}, app connected{{/appConnected}}</span>{{/sms}}</h3>
             <ol class="messages">
             {{#messages}}<li class="message" data-sender="{{sender}}"><span class="sender">{{sender}}</span> {{text}}</li>{{/messages}}
             </ol>
@@ -83,6 +84,21 @@ enum ConsoleTemplates {
               </select></label>
               <button class="request-form" type="submit">Send secure form</button>
             </form>
+            {{#sms}}
+            <form class="sms-form" method="post" action="/console/chats/{{requestId}}/sms">
+              <input class="sms-text" name="text" data-request-id="{{requestId}}" required maxlength="480" placeholder="Text the customer">
+              <button class="send-sms" type="submit">Send SMS</button>
+            </form>
+            {{/sms}}
+            {{#appConnected}}
+            <form class="command-form" method="post" action="/console/chats/{{requestId}}/command">
+              <label>App command <select class="app-command" name="command" data-request-id="{{requestId}}">
+                <option value="open-diagnostics">open diagnostics</option><option value="show-appointment">show appointment</option>
+                <option value="request-photo">request a photo</option>
+              </select></label>
+              <button class="send-command" type="submit">Send to app</button>
+            </form>
+            {{/appConnected}}
             <form method="post" action="/console/chats/{{requestId}}/close"><button class="close" type="submit">Close chat</button></form>
           </article>
         {{/conversations}}
@@ -139,6 +155,7 @@ enum ConsoleTemplates {
         textarea { width: 100%; min-height: 3rem; }
         form { display: inline-block; margin: .25rem .5rem .25rem 0; }
         .message-form { display: block; }
+        .channel { font-size: .75rem; background: #fff3cd; border-radius: 4px; padding: 0 .4rem; }
         #login-error { color: #a11; }
         .login label, .login input { display: block; margin: .25rem 0; }
         """

@@ -10,7 +10,7 @@ import VeilStore
 /// moving (offers that time out, requests that wait too long).
 public enum Dispatcher {
     public static let migrations: [Migration] = AssignmentEngine.migrations + ServiceRequestIntake.migrations + ChatDesk.migrations
-        + AgentAccounts.migrations
+        + AgentAccounts.migrations + ChannelUpgrades.migrations
 
     /// The dispatcher process: the service-request stage beside the queue clock and the agent console.
     public static let runtime = ServiceRuntime(service: .dispatcher, migrations: migrations) { context in
@@ -18,7 +18,8 @@ public enum Dispatcher {
         let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
         let live = LiveNotifications(database: context.database, channel: "veil_console", heartbeat: .seconds(5), logger: context.logger)
         let desk = ChatDesk(engine: engine, codec: context.codec, producer: context.producer, live: live, logger: context.logger)
-        let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, chat: desk, logger: context.logger)
+        let upgrades = ChannelUpgrades(desk: desk, sms: settings.sms, linkBase: settings.linkBase, linkLifetime: settings.linkLifetime)
+        let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, chat: desk, upgrades: upgrades, logger: context.logger)
         let clock = DispatchClock(engine: engine, logger: context.logger) { offers in
             for offer in offers {
                 // Agents' offers have no alert: their consoles show them.
@@ -31,7 +32,7 @@ public enum Dispatcher {
         }
         let console = AgentConsole(desk: desk, accounts: AgentAccounts(engine: engine, logger: context.logger), live: live, context: context,
                                    port: settings.consolePort, adminToken: settings.adminToken, sessionLifetime: settings.sessionLifetime,
-                                   secureCookie: settings.secureCookie)
+                                   secureCookie: settings.secureCookie, upgrades: upgrades, inboundSMSToken: settings.inboundSMSToken)
         return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16),
                             services: [clock, live, console])
     }
@@ -46,12 +47,31 @@ public struct DispatcherSettings: Sendable {
     public var adminToken: String?
     public var sessionLifetime: Duration = .seconds(12 * 3600)
     public var secureCookie = false
+    /// The SMS channel: `VEIL_SMS_PROVIDER` = `outbox` (development: files in `VEIL_SMS_OUTBOX_DIR`) or `http` (a gateway).
+    public var sms: any SMSProvider = OutboxSMSProvider(directory: URL(fileURLWithPath: ".veil/sms-outbox"))
+    public var inboundSMSToken: String?
+    public var linkBase = "https://app.veil.example/link#"
+    public var linkLifetime: Duration = .seconds(900)
 
     public init(_ configuration: ServiceConfiguration) throws {
         consolePort = try configuration.integer("VEIL_DISPATCHER_HTTP_PORT", in: 0...65535)
         adminToken = configuration.setting("VEIL_DISPATCHER_ADMIN_TOKEN")
         sessionLifetime = .seconds(3600 * (try configuration.integer("VEIL_CONSOLE_SESSION_HOURS", in: 1...720)))
         secureCookie = configuration.setting("VEIL_CONSOLE_SECURE_COOKIE") == "true"
+        inboundSMSToken = configuration.setting("VEIL_SMS_INBOUND_TOKEN")
+        linkBase = configuration.setting("VEIL_CHANNEL_LINK_BASE") ?? linkBase
+        linkLifetime = .seconds(try configuration.integer("VEIL_CHANNEL_LINK_TTL_SECONDS", in: 30...604_800))
+        switch configuration.setting("VEIL_SMS_PROVIDER") ?? "outbox" {
+        case "outbox":
+            sms = OutboxSMSProvider(directory: URL(fileURLWithPath: configuration.setting("VEIL_SMS_OUTBOX_DIR") ?? ".veil/sms-outbox"))
+        case "http":
+            guard let url = configuration.setting("VEIL_SMS_GATEWAY_URL"), URL(string: url)?.scheme?.hasPrefix("http") == true else {
+                throw ConfigurationError(variable: "VEIL_SMS_GATEWAY_URL", reason: "must be the gateway's http(s) URL when VEIL_SMS_PROVIDER=http")
+            }
+            sms = HTTPSMSGateway(url: url, token: configuration.setting("VEIL_SMS_GATEWAY_TOKEN"))
+        case let other:
+            throw ConfigurationError(variable: "VEIL_SMS_PROVIDER", reason: "must be outbox or http, not \(other)")
+        }
         policy.reservationTimeout = .seconds(try configuration.integer("VEIL_DISPATCH_RESERVATION_TIMEOUT_SECONDS", in: 1...86_400))
         policy.escalateAfter = .seconds(try configuration.integer("VEIL_DISPATCH_ESCALATE_AFTER_SECONDS", in: 1...604_800))
         policy.agingStep = .seconds(try configuration.integer("VEIL_DISPATCH_AGING_SECONDS", in: 1...604_800))

@@ -20,8 +20,11 @@ public struct ServiceRequestIntake: EnvelopeHandler {
     let answers: AnswerHandling
     /// Chats (requests the rules route to an agent) and the secure forms' verdicts.
     let chat: ChatDesk?
+    /// Channel links opened in the app.
+    let upgrades: ChannelUpgrades?
 
-    public init(engine: AssignmentEngine, rules: DispatchRules, chat: ChatDesk? = nil, logger: Logger) {
+    public init(engine: AssignmentEngine, rules: DispatchRules, chat: ChatDesk? = nil, upgrades: ChannelUpgrades? = nil, logger: Logger) {
+        self.upgrades = upgrades
         self.engine = engine
         self.rules = rules
         self.chat = chat
@@ -70,6 +73,11 @@ public struct ServiceRequestIntake: EnvelopeHandler {
             throw StageError.permanent("dispatch.bad_payload", "no readable service-request part")
         }
         try Self.validate(request)
+        if let link = request.channelLink {
+            // The app opened a link it received by SMS: bind it to that request, not a new one.
+            guard let upgrades else { throw StageError.permanent("dispatch.unsupported_type", "this dispatcher sends no channel links") }
+            return try await upgrades.open(link, assertion: assertion, envelopeID: envelope.header.id)
+        }
         if let conversation = request.conversationId {
             // A follow-up message in a chat, not a new request.
             guard let chat else { throw StageError.permanent("dispatch.unsupported_type", "this dispatcher takes no chats") }

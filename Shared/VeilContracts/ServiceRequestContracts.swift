@@ -28,9 +28,13 @@ public struct ServiceRequestPayload: Codable, Sendable, Equatable {
     /// Set on a customer's follow-up message in a chat: the id of the request that opened it.
     /// `description` is then the message.
     public var conversationId: String?
+    /// Set when the app opens a channel link it received by SMS (`ChannelLink`): the
+    /// dispatcher binds this device to the link's service request.
+    public var channelLink: String?
 
     public init(category: String, priority: Int, description: String, region: String? = nil, tier: String? = nil,
-                conversationId: String? = nil) {
+                conversationId: String? = nil, channelLink: String? = nil) {
+        self.channelLink = channelLink
         self.conversationId = conversationId
         self.category = category
         self.priority = priority

@@ -162,6 +162,14 @@ public struct IngressClient: Sendable {
         guard status == 202 else { throw Self.failure(status, body) }
     }
 
+    /// Opens a channel link the customer received by SMS (the whole link or its token): the
+    /// dispatcher binds this device to that request; the answer (`channel-opened` or
+    /// `channel-refused`) arrives in the device's inbox.
+    public func openChannel(_ device: DeviceIdentity, link: String, dispatcher: PublishedEncryptionKey? = nil) async throws -> ServiceRequestReceipt {
+        try await submit(device, ServiceRequestPayload(category: "channel-link", priority: 3, description: "open the app channel",
+                                                       channelLink: link), dispatcher: dispatcher)
+    }
+
     static func failure(_ status: Int, _ body: Data) -> Failure {
         let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
         return Failure(status: status, code: object?["code"] as? String ?? "http_\(status)",

@@ -11,7 +11,8 @@ import FoundationNetworking
 struct DeviceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "device",
                                                     abstract: "Act as a device: enroll, send inquiries and service requests, read the inbox.",
-                                                    subcommands: [Enroll.self, Inquire.self, Code.self, Request.self, Chat.self, Say.self, Form.self, Inbox.self, Revoke.self])
+                                                    subcommands: [Enroll.self, Inquire.self, Code.self, Request.self, Chat.self, Say.self, Form.self, OpenLink.self, Inbox.self,
+                                                                  Revoke.self])
 
     struct DeviceOptions: ParsableArguments {
         @Option(name: .long, help: "The device's key file (created if missing).") var device = ".veil/device.json"
@@ -164,6 +165,18 @@ struct DeviceCommand: AsyncParsableCommand {
             guard let secret, !secret.isEmpty else { throw ValidationError("no value given") }
             try await client.answer(request, value: secret, by: device)
             print("form \(request.formId) (\(request.kind.title)) submitted, sealed to the key-vault")
+        }
+    }
+
+    struct OpenLink: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "open-link",
+                                                        abstract: "Open a channel link received by SMS: bind this app to that request.")
+        @OptionGroup var options: DeviceOptions
+        @Option(name: .long, help: "The link (or its token).") var link: String
+
+        func run() async throws {
+            let receipt = try await options.client.openChannel(try options.identity(), link: link)
+            print("\(receipt.id) \(receipt.status); the answer arrives in the inbox (channel-opened or channel-refused)")
         }
     }
 

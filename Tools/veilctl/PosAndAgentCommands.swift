@@ -64,6 +64,37 @@ struct PosCommand: AsyncParsableCommand {
     }
 }
 
+/// `veilctl channel upgrade`: move a customer who texted or called to the app.
+struct ChannelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "channel", abstract: "Move a customer from SMS or a call to the app.",
+                                                    subcommands: [Upgrade.self])
+
+    struct Upgrade: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Open a chat for a number and text it a one-time link to continue in the app (dispatcher admin API).")
+        @Option(name: .long, help: "The number the customer came from (E.164).") var phone: String
+        @Option(name: .long, help: "What they wrote or said.") var message: String
+        @Option(name: .long, help: "Dispatcher base URL.") var url = ProcessInfo.processInfo.environment["VEIL_DISPATCHER_URL"] ?? "http://127.0.0.1:8082"
+        @Option(name: .long, help: "Admin token (default: $VEIL_DISPATCHER_ADMIN_TOKEN).") var token: String?
+
+        func run() async throws {
+            guard let token = token ?? ProcessInfo.processInfo.environment["VEIL_DISPATCHER_ADMIN_TOKEN"] else {
+                throw ValidationError("set --token or VEIL_DISPATCHER_ADMIN_TOKEN")
+            }
+            var request = URLRequest(url: URL(string: url + "/admin/channel-upgrades")!)
+            request.httpMethod = "POST"
+            request.httpBody = try JSONSerialization.data(withJSONObject: ["phoneNumber": phone, "message": message])
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+            let (data, response) = try await URLSession.shared.data(for: request)
+            guard (response as? HTTPURLResponse)?.statusCode == 201 else {
+                throw ValidationError("the dispatcher answered: \(String(decoding: data, as: UTF8.self))")
+            }
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
+
 /// `veilctl agent add`: an agent of the chat desk, who signs in to the console.
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "agent", abstract: "Manage the agents who take chats in the console.",
