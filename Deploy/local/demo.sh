@@ -123,7 +123,7 @@ echo "==> point of sale: the provider files 2,000 TID → household mappings (se
 "$bin/veilctl" upstream households "$state/households.csv" --quiet | sed 's/^/  /'
 sleep 3
 "$bin/veilctl" pos enroll --terminal till-7 --keys "$state/till-7.json" --url "$ingress_url" | sed 's/^/  /'
-for row in 2 3 4; do
+for row in 2 7 13; do
   tid=$(sed -n "${row}p" "$state/households.csv" | cut -d, -f1)   # the till reads the customer's card
   "$bin/veilctl" pos sale --terminal till-7 --keys "$state/till-7.json" --url "$ingress_url" --tid "$tid" \
     --upcs 036000291452,4006381333931 | sed 's/^/  /'

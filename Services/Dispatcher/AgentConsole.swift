@@ -182,7 +182,7 @@ public struct AgentConsole: Service {
         guard let agentID = try await agent(request) else { throw Problem(status: .unauthorized, code: "signed_out", detail: "sign in again") }
         let last = Mutex<[UInt8]>([])
         let desk = self.desk
-        return live.eventStream(key: ChatDesk.consoleKey, event: "changed", maxDuration: .seconds(600)) {
+        var response = live.eventStream(key: ChatDesk.consoleKey, event: "changed", maxDuration: .seconds(600)) {
             let rendered = ConsoleTemplates.library.render(Self.model(try await desk.panel(for: agentID)), withTemplate: "panel") ?? ""
             let digest = Array(SHA256.hash(data: Array(rendered.utf8)))
             let changed = last.withLock { previous in
@@ -191,6 +191,8 @@ public struct AgentConsole: Service {
             }
             return changed ? [(id: digest.prefix(8).map { String(format: "%02x", $0) }.joined(), json: Array("{}".utf8))] : []
         }
+        for field in Self.securityHeaders where response.headers[field.name] == nil { response.headers.append(field) }
+        return response
     }
 
     static func model(_ panel: ChatDesk.Panel) -> [String: Any] {

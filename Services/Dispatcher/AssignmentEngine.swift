@@ -209,7 +209,7 @@ public struct AssignmentEngine: Sendable {
             throw AssignmentError.invalid("device keys must be raw 32-byte public keys")
         }
         let signing = t.signingKey.map { ByteBuffer(bytes: $0) }, encryption = t.encryptionKey.map { ByteBuffer(bytes: $0) }
-        try await database.client.query("""
+        let rows = try await database.client.query("""
             INSERT INTO \(unescaped: table("technicians")) (id, name, skills, regions, home_region, capacity, activity, shift_start, shift_end,
                 device_signing_key, device_encryption_key, kind)
             VALUES (\(t.id), \(t.name), \(t.skills), \(t.regions), \(t.homeRegion), \(t.capacity), \(t.activity),
@@ -220,7 +220,11 @@ public struct AssignmentEngine: Sendable {
                 device_signing_key = coalesce(EXCLUDED.device_signing_key, \(unescaped: table("technicians")).device_signing_key),
                 device_encryption_key = coalesce(EXCLUDED.device_encryption_key, \(unescaped: table("technicians")).device_encryption_key),
                 updated_at = now()
-            """, logger: logger)
+            WHERE \(unescaped: table("technicians")).kind = EXCLUDED.kind
+            RETURNING id
+            """, logger: logger).collect()
+        // An id is a technician or an agent for good: updating it as the other kind is refused.
+        guard !rows.isEmpty else { throw AssignmentError.invalid("\(t.id) exists as another kind of worker than \(t.kind.rawValue)") }
     }
 
     /// Sets a technician's activity (`available`, `busy`, `offline`).

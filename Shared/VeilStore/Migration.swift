@@ -4,13 +4,45 @@ import PostgresNIO
 
 /// One step of a schema's history. Ids sort in the order they must run
 /// (`001_processed_messages`, `002_outbox`, …); SQL may use `{schema}`.
-/// Statements are separated by a semicolon at the end of a line.
+/// Statements end with a semicolon at the end of a line (a `-- comment` may follow it).
 public struct Migration: Sendable, Hashable {
     public var id: String
     public var sql: String
 
     var statements: [String] {
-        sql.components(separatedBy: ";\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.filter { !$0.isEmpty }
+        var statements: [String] = [], current: [Substring] = []
+        func flush() {
+            let statement = current.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines)
+            if !statement.isEmpty { statements.append(statement) }
+            current = []
+        }
+        for line in sql.split(separator: "\n", omittingEmptySubsequences: false) {
+            let code = Self.withoutComment(line).trimmingCharacters(in: .whitespaces)
+            if code.hasSuffix(";") {
+                current.append(Substring(code.dropLast()))
+                flush()
+            } else {
+                current.append(line)
+            }
+        }
+        flush()
+        return statements
+    }
+
+    /// The line without a trailing `-- comment` (outside a quoted string).
+    static func withoutComment(_ line: Substring) -> Substring {
+        var quoted = false
+        var index = line.startIndex
+        while index < line.endIndex {
+            let next = line.index(after: index)
+            if line[index] == "'" {
+                quoted.toggle()
+            } else if !quoted, line[index] == "-", next < line.endIndex, line[next] == "-" {
+                return line[..<index]
+            }
+            index = next
+        }
+        return line
     }
 
     public init(_ id: String, sql: String) {

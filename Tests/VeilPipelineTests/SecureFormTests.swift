@@ -282,6 +282,17 @@ extension PipelineSuites {
                 let expected = attempt <= 5 ? "not-verified" : "locked"
                 _ = try await console.waitForPanel(containing: "data-form-id=\"\(form.formId)\" data-outcome=\"\(expected)\"")
             }
+            // A technician's id cannot be turned into an agent's (or back) by an upsert.
+            try await world.withDispatch { engine in
+                try await engine.upsert(Technician(id: "tech-solo", name: "Solo", skills: ["network"], regions: ["north"]))
+                await #expect(throws: AssignmentError.self) {
+                    try await AgentAccounts(engine: engine, logger: engine.logger)
+                        .upsert(Technician(id: "tech-solo", name: "Solo", skills: [], regions: []), password: "long enough password")
+                }
+                await #expect(throws: AssignmentError.self) {
+                    try await engine.upsert(Technician(id: ChatScene.agent, name: "Maria", skills: ["network"], regions: ["north"]))
+                }
+            }
             // A form no agent asked for (made up on the device, unsigned) is never checked: no PIN probing.
             let madeUp = SecureFormRequest(formId: UUID().uuidString.lowercased(), kind: .pin)
             try await world.client.answer(madeUp, value: ChatScene.pin, by: scene.customer)

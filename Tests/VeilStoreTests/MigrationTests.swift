@@ -9,6 +9,21 @@ struct MigrationTests {
         Migration("002_widgets_name", sql: "ALTER TABLE {schema}.widgets ADD COLUMN name text"),
     ]
 
+    @Test("statements end at a semicolon at the end of a line, even with a comment after it; semicolons in strings and comments do not split")
+    func statementSplitting() {
+        let migration = Migration("003_split", sql: """
+            ALTER TABLE t ADD COLUMN a bytea;        -- a comment; with a semicolon
+            ALTER TABLE t ADD COLUMN b text DEFAULT 'x; -- not a comment';
+            -- a line of comment only
+            CREATE INDEX i ON t (a)
+            """)
+        #expect(migration.statements == [
+            "ALTER TABLE t ADD COLUMN a bytea",
+            "ALTER TABLE t ADD COLUMN b text DEFAULT 'x; -- not a comment'",
+            "-- a line of comment only\nCREATE INDEX i ON t (a)",
+        ])
+    }
+
     @Test("migrations run once, in order, and are recorded")
     func runOnce() async throws {
         let admin = try adminConfiguration()

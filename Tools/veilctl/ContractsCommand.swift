@@ -1,4 +1,5 @@
 import ArgumentParser
+import DispatcherService
 import Foundation
 import VeilContracts
 import VeilCore
@@ -66,6 +67,17 @@ struct ContractsCommand: ParsableCommand {
             let pins = PinVerifierBatch(pins: [PinVerifierRecord(accountRef: accountRef, pin: "4821"),
                                                PinVerifierRecord(accountRef: hash, pin: "90210735")])
             let chatID = UUID().uuidString.lowercased()
+            // Channel enhancement: the link texted to a customer who wrote by SMS, as the app opens it; the
+            // dispatcher's answers. The token is `base64url(claims JSON) "." base64url(Ed25519 signature)`.
+            let smsChatID = UUID().uuidString.lowercased()
+            let linkClaims = ChannelLinkClaims(linkId: UUID().uuidString.lowercased(), requestId: smsChatID,
+                                               phoneRef: Data(key.derived("veil.phone-ref.v1").hash(Array("+4917612345678".utf8))),
+                                               expiresAtMs: Int64(Date().timeIntervalSince1970 * 1000) + 900_000,
+                                               signerKeyId: "dispatcher.signing", signerVersion: 1)
+            let linkSignature = key.hash(Array("channel-link signature, first half".utf8))
+                + key.hash(Array("channel-link signature, second half".utf8))
+            let channelLink = "https://app.veil.example/link#"
+                + ChannelLink.token(claims: ContractCoding.encode(linkClaims), signature: linkSignature)
             let samples: [(String, Topic, String, String, [UInt8])] = [
                 (MessageType.inquiryReceived, .inquiriesReceived, PartLabel.pseudonym, "PseudonymPayload",
                  ContractCoding.encode(PseudonymPayload(pseudonym: hash, keyVersion: 1))),
@@ -101,6 +113,9 @@ struct ContractsCommand: ParsableCommand {
                 (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.serviceRequest, "ServiceRequestPayload",
                  ContractCoding.encode(ServiceRequestPayload(category: "chat", priority: 3, description: "Yes, the one ending 1111.",
                                                              conversationId: chatID))),
+                (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.serviceRequest, "ServiceRequestPayload",
+                 ContractCoding.encode(ServiceRequestPayload(category: "channel-link", priority: 3, description: "open the app channel",
+                                                             channelLink: channelLink))),
                 (MessageType.serviceRequestSubmitted, .serviceRequests, PartLabel.authentication, "SignedAssertion",
                  ContractCoding.encode(SignedAssertion(assertion: Data(ContractCoding.encode(AuthAssertion(
                      requestId: MessageID.generate().description, accountRef: hash, deviceRef: hash,
@@ -135,6 +150,16 @@ struct ContractsCommand: ParsableCommand {
                  ContractCoding.encode(CustomerNotification(requestId: chatID, status: "secure-form", technician: "Mia",
                                                             message: "Please enter your card number in the secure form.", at: Date(),
                                                             form: cardForm))),
+                (MessageType.notificationSent, .customerNotifications, PartLabel.notification, "CustomerNotification",
+                 ContractCoding.encode(CustomerNotification(requestId: smsChatID, status: "command", technician: "Mia",
+                                                            message: AppCommand.openDiagnostics.rawValue, at: Date()))),
+                (MessageType.notificationSent, .customerNotifications, PartLabel.notification, "CustomerNotification",
+                 ContractCoding.encode(CustomerNotification(requestId: smsChatID, status: "channel-opened", technician: nil,
+                                                            message: "You are now connected to our service desk in the app.", at: Date()))),
+                (MessageType.notificationSent, .customerNotifications, PartLabel.notification, "CustomerNotification",
+                 ContractCoding.encode(CustomerNotification(requestId: smsChatID, status: "channel-refused", technician: nil,
+                                                            message: "This link was already used or has expired. Ask for a new one.",
+                                                            at: Date()))),
                 (MessageType.notificationSent, .customerNotifications, PartLabel.routing, "NotificationRouting",
                  ContractCoding.encode(NotificationRouting(deviceRef: hash, requestId: UUID().uuidString.lowercased()))),
                 (MessageType.posLookupRequested, .posLookups, PartLabel.terminalID, "TerminalIDPayload",
