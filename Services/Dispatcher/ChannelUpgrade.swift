@@ -18,7 +18,7 @@ public protocol SMSProvider: Sendable {
     func send(to number: String, text: String) async throws
 }
 
-/// One SMS as the development outbox keeps it.
+/// One SMS as the development outbox keeps it (`at` in milliseconds since 1970).
 public struct OutboxSMS: Codable, Sendable, Equatable {
     public var to: String
     public var text: String
@@ -35,7 +35,9 @@ public struct OutboxSMSProvider: SMSProvider {
 
     public func send(to number: String, text: String) async throws {
         let file = directory.appendingPathComponent("\(Int64(Date().timeIntervalSince1970 * 1000))-\(UUID().uuidString.prefix(8)).json")
-        let data = try JSONEncoder().encode(OutboxSMS(to: number, text: text, at: Date()))
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .millisecondsSince1970
+        let data = try encoder.encode(OutboxSMS(to: number, text: text, at: Date()))
         let directory = self.directory
         // A small file, written off the cooperative pool.
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -52,8 +54,10 @@ public struct OutboxSMSProvider: SMSProvider {
     /// Every SMS in the outbox, oldest first.
     public static func read(_ directory: URL) throws -> [OutboxSMS] {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .millisecondsSince1970
         return try files.filter { $0.hasSuffix(".json") }.sorted().map {
-            try JSONDecoder().decode(OutboxSMS.self, from: Data(contentsOf: directory.appendingPathComponent($0)))
+            try decoder.decode(OutboxSMS.self, from: Data(contentsOf: directory.appendingPathComponent($0)))
         }
     }
 }

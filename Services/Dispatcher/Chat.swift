@@ -170,16 +170,16 @@ public struct ChatDesk: Sendable {
     func requestForm(_ kind: SecureFormKind, from agentID: String, in requestID: UUID) async throws -> UUID {
         try await requireConversation(requestID, agent: agentID)
         let formID = UUID()
-        try await database.client.query("""
-            INSERT INTO \(unescaped: database.table("secure_forms")) (id, request_id, agent_id, kind)
-            VALUES (\(formID), \(requestID), \(agentID), \(kind.rawValue))
-            """, logger: logger)
         let accountRows = try await database.client.query("""
             SELECT account_ref FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
             """, logger: logger).collect()
         guard let account = try accountRows.first?.decode(ByteBuffer?.self) ?? nil else {
             throw AssignmentError.invalid("the customer has not opened the app channel yet: send them a channel link, or text them")
         }
+        try await database.client.query("""
+            INSERT INTO \(unescaped: database.table("secure_forms")) (id, request_id, agent_id, kind)
+            VALUES (\(formID), \(requestID), \(agentID), \(kind.rawValue))
+            """, logger: logger)
         var form = SecureFormRequest(formId: formID.uuidString.lowercased(), kind: kind, accountRef: Data(account.readableBytesView),
                                      expiresAtMs: Int64((Date().timeIntervalSince1970 + Self.formLifetime) * 1000))
         let (signature, signer) = try codec.identity.signStatement(form.signedBytes)
