@@ -68,6 +68,7 @@ struct PosBenchmark: AsyncParsableCommand {
         defer { load.shutdown() }
 
         // Baseline: the HTTP round trip alone, same rate, same client.
+        let baselineCPU = ProcessCPU.snapshot()
         let baseline = try await openLoop(rate: rate, seconds: min(seconds, 5)) { _ in
             var request = HTTPClientRequest(url: url + "/v1/keys/key-vault")
             request.method = .GET
@@ -75,14 +76,17 @@ struct PosBenchmark: AsyncParsableCommand {
             _ = try await response.body.collect(upTo: 64 * 1024)
             return response.status.code == 200 ? nil : "status \(response.status.code)"
         }
+        let baselineUsage = ProcessCPU.report(from: baselineCPU, to: ProcessCPU.snapshot(), inquiries: baseline.latencies.count)
         report("baseline: ingress HTTP round trip (GET /v1/keys/key-vault)", baseline)
+        print("   CPU ms per request: " + baselineUsage)
 
         let count = households
         _ = try await openLoop(rate: rate, seconds: 2) { i in try await Self.lookup(load, terminal, vault, i % count) }  // warm-up
         let cpuBefore = ProcessCPU.snapshot()
         let measured = try await openLoop(rate: rate, seconds: seconds) { i in try await Self.lookup(load, terminal, vault, (i * 7919) % count) }
-        print("   CPU ms per lookup: " + ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(), inquiries: measured.latencies.count))
+        let usage = ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(), inquiries: measured.latencies.count)
         report("POS lookup through ingress and the key-vault (target p99 < 20 ms)", measured)
+        print("   CPU ms per lookup: " + usage)
     }
 
     static func lookup(_ load: LoadClient, _ terminal: DeviceIdentity, _ vault: PublishedEncryptionKey, _ index: Int) async throws -> String? {
