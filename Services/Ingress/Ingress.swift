@@ -78,9 +78,10 @@ public enum Ingress {
     public static let runtime = ServiceRuntime(service: .ingress, migrations: migrations) { context in
         let live = LiveNotifications(database: context.database, channel: "veil_inbox", logger: context.logger)
         let lookups = PendingLookups()
+        let replies = try PosReplyFollower(context: context, pending: lookups)
         return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: InboxStage(context: context, live: live)),
-                            services: [live, try PosReplyFollower(context: context, pending: lookups),
-                                       try api(context, live: live, lookups: lookups)])
+                            services: [live, replies, try api(context, live: live, lookups: lookups)],
+                            readiness: [ReadinessCheck("pos-replies") { replies.isAssigned }])
     }
 
     /// The HTTP API as a service of the ingress process.

@@ -75,6 +75,9 @@ struct PosReplyFollower: Service {
         logger = context.logger
     }
 
+    /// Whether it was assigned its partitions: replies published from now on will be read.
+    var isAssigned: Bool { !consumer.assignment.isEmpty }
+
     func run() async throws {
         let consumer = self.consumer
         try await withGracefulShutdownHandler {

@@ -104,6 +104,7 @@ public struct ServiceRuntime: Sendable {
                 ReadinessCheck("postgres") { await database.isReachable() },
                 ReadinessCheck("kafka") { await producer.isConnected() },
                 ReadinessCheck("migrations") { started.isDone },
+                ReadinessCheck("parts") { await started.partsReady() },
             ],
             metrics: metrics, logger: logger, onRunning: onAdminRunning)
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
@@ -133,22 +134,35 @@ public struct ServiceRuntime: Sendable {
     }
 }
 
-/// What a service runs: its stage handler and any services beside it.
+/// What a service runs: its stage handler, any services beside it, and what else
+/// `/health/ready` must wait for (e.g. ingress's reader of lookup replies being assigned
+/// its partitions, so no lookup is answered before its reply could be read).
 public struct ServiceParts: Sendable {
     public var handler: any MessageHandler
     public var services: [any Service]
+    public var readiness: [ReadinessCheck]
 
-    public init(handler: any MessageHandler, services: [any Service] = []) {
+    public init(handler: any MessageHandler, services: [any Service] = [], readiness: [ReadinessCheck] = []) {
         self.handler = handler
         self.services = services
+        self.readiness = readiness
     }
 }
 
-/// Set once topics exist and migrations ran; `/health/ready` waits for it.
+/// Set once topics exist and migrations ran; `/health/ready` waits for it, and for the
+/// checks the service's parts added.
 final class StartupState: Sendable {
     private let done = Atomic<Bool>(false)
+    private let partChecks = Mutex<[ReadinessCheck]>([])
     var isDone: Bool { done.load(ordering: .acquiring) }
     func markDone() { done.store(true, ordering: .releasing) }
+    func add(_ checks: [ReadinessCheck]) { partChecks.withLock { $0 += checks } }
+
+    /// Whether every check the parts added passes.
+    func partsReady() async -> Bool {
+        for check in partChecks.withLock({ $0 }) where !(await check.check()) { return false }
+        return true
+    }
 }
 
 /// Start-up work, then the stage loop: topics, migrations, join the consumer group.
@@ -166,6 +180,7 @@ struct Pipeline: Service {
         }
         try await retrying("migrate", logger: logger) { try await context.database.migrate(runtime.migrations) }
         let parts = try await runtime.build(context)
+        started.add(parts.readiness)
         let services = parts.services
         let handler = parts.handler
         if services.isEmpty {
