@@ -67,6 +67,11 @@ public struct AgentConsole: Service {
         }
         router.post("/admin/agents") { request, _ in await respond { try await addAgent(request) } }
         router.post("/admin/channel-upgrades") { request, _ in await respond { try await startUpgrade(request) } }
+        router.post("/admin/technicians") { request, _ in await respond { try await upsertTechnician(request) } }
+        router.post("/admin/technicians/{id}/activity") { request, routeContext in
+            await respond { try await setActivity(request, id: routeContext.parameters.get("id") ?? "") }
+        }
+        router.get("/admin/dispatch/stats") { request, _ in await respond { try await statistics(request) } }
         router.post("/sms/inbound") { request, _ in await respond { try await inboundSMS(request) } }
         let onRunning = self.onRunning
         let app = Application(router: router,
@@ -306,6 +311,45 @@ public struct AgentConsole: Service {
         let filed = try await upgrades.inbound(from: body.from, text: body.text)
         return Response(status: filed == nil ? .accepted : .ok, headers: [.contentType: "application/json"],
                         body: .init(byteBuffer: ByteBuffer(string: filed == nil ? #"{"status":"no open chat for this number"}"# : #"{"status":"filed"}"#)))
+    }
+
+    /// `POST /admin/technicians` (bearer `VEIL_DISPATCHER_ADMIN_TOKEN`): creates or updates a technician —
+    /// `{id, name, skills, regions, homeRegion?, capacity, activity, shiftStart?, shiftEnd?, signingKey?, encryptionKey?}`
+    /// (device keys as base64 of the raw 32-byte public keys). `veilctl technician add` does the same on the database.
+    func upsertTechnician(_ request: Request) async throws -> Response {
+        try requireBearer(request, adminToken, variable: "VEIL_DISPATCHER_ADMIN_TOKEN")
+        struct Body: Decodable {
+            var id: String, name: String, skills: [String], regions: [String], homeRegion: String?, capacity: Int?, activity: String?
+            var shiftStart: String?, shiftEnd: String?, signingKey: Data?, encryptionKey: Data?
+        }
+        let (_, body) = try await Problem.decodeJSON(Body.self, from: request, maxBytes: 16_384)
+        guard !body.id.isEmpty, body.id.utf8.count <= 64, !body.name.isEmpty, (0...1_000).contains(body.capacity ?? 1) else {
+            throw Problem.invalidField("id", "id (1 to 64 characters) and name must be set, capacity 0 to 1000")
+        }
+        let technician = Technician(id: body.id, name: body.name, skills: body.skills, regions: body.regions, homeRegion: body.homeRegion,
+                                    capacity: body.capacity ?? 1, activity: body.activity ?? "available", shiftStart: body.shiftStart,
+                                    shiftEnd: body.shiftEnd, signingKey: body.signingKey, encryptionKey: body.encryptionKey, kind: .technician)
+        try await desk.engine.upsert(technician)
+        context.logger.info("technician saved", metadata: ["technician": "\(technician.id)"])
+        return Response(status: .ok, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(string: #"{"status":"saved"}"#)))
+    }
+
+    /// `POST /admin/technicians/{id}/activity {activity}`: available, busy or offline.
+    func setActivity(_ request: Request, id: String) async throws -> Response {
+        try requireBearer(request, adminToken, variable: "VEIL_DISPATCHER_ADMIN_TOKEN")
+        struct Activity: Decodable { var activity: String }
+        let (_, body) = try await Problem.decodeJSON(Activity.self, from: request, maxBytes: 1_024)
+        try await desk.engine.setActivity(id, body.activity)
+        return Response(status: .ok, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(string: #"{"status":"saved"}"#)))
+    }
+
+    /// `GET /admin/dispatch/stats`: the queue and reservation statistics (`veilctl dispatch stats`).
+    func statistics(_ request: Request) async throws -> Response {
+        try requireBearer(request, adminToken, variable: "VEIL_DISPATCHER_ADMIN_TOKEN")
+        return Response(status: .ok, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(try await desk.engine.statistics()))))
     }
 
     /// `POST /admin/agents {id, name, skills, capacity, password}` (bearer `VEIL_DISPATCHER_ADMIN_TOKEN`).

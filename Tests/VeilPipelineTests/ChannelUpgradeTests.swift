@@ -36,6 +36,40 @@ extension PipelineSuites {
             throw DatabaseError(code: "test.timeout", reason: "no \(status) notification reached the device")
         }
 
+        @Test("technicians are managed through the dispatcher's admin API (bearer token): create with device keys, change activity, read the statistics; bad input and a wrong token are refused")
+        func technicianAdminAPI() async throws {
+            let port = try freePort()
+            let world = try await PipelineWorld.start([.dispatcher], settings: [
+                "VEIL_DISPATCHER_HTTP_PORT": String(port), "VEIL_DISPATCHER_ADMIN_TOKEN": Self.adminToken,
+            ])
+            defer { Task { await world.stop() } }
+            let device = DeviceIdentity(deviceId: "tech-api")
+            let technician: [String: Any] = [
+                "id": "tech-api", "name": "Api Tester", "skills": ["network"], "regions": ["north", "south"], "homeRegion": "north",
+                "capacity": 2, "activity": "available", "shiftStart": "06:00", "shiftEnd": "22:00",
+                "signingKey": device.signingKey.publicKey.rawRepresentation.base64EncodedString(),
+                "encryptionKey": device.encryptionKey.publicKey.rawRepresentation.base64EncodedString(),
+            ]
+            #expect(try await Self.post(port, "/admin/technicians", technician, token: Self.adminToken).0 == 200)
+            #expect(try await world.adminStrings("""
+                SELECT skills::text || ' ' || capacity || ' ' || activity || ' ' || (device_encryption_key IS NOT NULL)::text
+                FROM dispatcher.technicians WHERE id = 'tech-api'
+                """) == ["{network} 2 available true"])
+            #expect(try await Self.post(port, "/admin/technicians/tech-api/activity", ["activity": "offline"], token: Self.adminToken).0 == 200)
+            #expect(try await world.adminStrings("SELECT activity FROM dispatcher.technicians WHERE id = 'tech-api'") == ["offline"])
+            #expect(try await Self.post(port, "/admin/technicians/tech-api/activity", ["activity": "asleep"], token: Self.adminToken).0 == 400)
+            var bad = technician
+            bad["shiftStart"] = "25:00"
+            #expect(try await Self.post(port, "/admin/technicians", bad, token: Self.adminToken).0 == 400)
+            #expect(try await Self.post(port, "/admin/technicians", technician, token: "wrong").0 == 401)
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/admin/dispatch/stats")!)
+            request.setValue("Bearer \(Self.adminToken)", forHTTPHeaderField: "Authorization")
+            let (data, response) = try await URLSession.shared.data(for: request)
+            #expect((response as? HTTPURLResponse)?.statusCode == 200)
+            #expect(try JSONSerialization.jsonObject(with: data) as? [String: Any] != nil)
+            await world.stop()
+        }
+
         @Test("the link sent over the SMS outbox opens an app channel bound to the same request and account; the agent reaches the app and still texts; a reused or expired link is refused; the number is in no table, topic or log")
         func smsToApp() async throws {
             let consolePort = try freePort()
