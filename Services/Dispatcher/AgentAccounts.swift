@@ -8,7 +8,8 @@ import VeilStore
 
 /// Agents' sign-in: passwords kept as PBKDF2-SHA256 hashes (210,000 rounds, random
 /// salt), sessions as the SHA-256 of a random 256-bit token (the cookie holds the token;
-/// a dump of the table cannot be replayed as a cookie).
+/// a dump of the table cannot be replayed as a cookie); five wrong passwords in a row lock
+/// the sign-in for 15 minutes (setting a new password unlocks it).
 public struct AgentAccounts: Sendable {
     let engine: AssignmentEngine
     let logger: Logger
@@ -37,7 +38,16 @@ public struct AgentAccounts: Sendable {
             );
             CREATE INDEX console_sessions_expiry ON {schema}.console_sessions (expires_at);
             """),
+        Migration("019_dispatch_agent_lockout", sql: """
+            -- Five wrong passwords in a row lock an agent's sign-in for a while.
+            ALTER TABLE {schema}.agent_credentials ADD COLUMN failed_attempts integer NOT NULL DEFAULT 0;
+            ALTER TABLE {schema}.agent_credentials ADD COLUMN locked_until timestamptz;
+            """),
     ]
+
+    /// Wrong passwords in a row before the sign-in is locked, and for how long.
+    static let maxFailedSignIns = 5
+    static let lockout: Double = 15 * 60
 
     /// Creates or updates an agent (a worker of kind `agent`) and sets their password.
     public func upsert(_ agent: Technician, password: String) async throws {
@@ -53,7 +63,7 @@ public struct AgentAccounts: Sendable {
             INSERT INTO \(unescaped: database.table("agent_credentials")) (agent_id, password_hash, salt, rounds)
             VALUES (\(agent.id), \(ByteBuffer(bytes: hash)), \(ByteBuffer(bytes: salt)), \(Self.rounds))
             ON CONFLICT (agent_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, salt = EXCLUDED.salt,
-                rounds = EXCLUDED.rounds, updated_at = now()
+                rounds = EXCLUDED.rounds, updated_at = now(), failed_attempts = 0, locked_until = NULL
             """, logger: logger)
     }
 
@@ -65,19 +75,32 @@ public struct AgentAccounts: Sendable {
     /// Checks the password; on success opens a session and returns its token (for the cookie).
     public func signIn(_ agentID: String, password: String, lifetime: Duration) async throws -> String? {
         let rows = try await database.client.query("""
-            SELECT c.password_hash, c.salt, c.rounds FROM \(unescaped: database.table("agent_credentials")) c
+            SELECT c.password_hash, c.salt, c.rounds, coalesce(c.locked_until > now(), false)
+            FROM \(unescaped: database.table("agent_credentials")) c
             JOIN \(unescaped: database.table("technicians")) t ON t.id = c.agent_id
             WHERE c.agent_id = \(agentID) AND t.kind = 'agent'
             """, logger: logger).collect()
         // Unknown agents cost the same hash as known ones: the timing does not tell them apart.
-        let (stored, salt, rounds) = try rows.first?.decode((ByteBuffer, ByteBuffer, Int).self)
-            ?? (ByteBuffer(bytes: [UInt8](repeating: 0, count: 32)), ByteBuffer(bytes: [UInt8](repeating: 0, count: 16)), Self.rounds)
+        let (stored, salt, rounds, locked) = try rows.first?.decode((ByteBuffer, ByteBuffer, Int, Bool).self)
+            ?? (ByteBuffer(bytes: [UInt8](repeating: 0, count: 32)), ByteBuffer(bytes: [UInt8](repeating: 0, count: 16)), Self.rounds, false)
         let given = try Self.hash(password, salt: Array(salt.readableBytesView), rounds: rounds)
         let equal = given.count == stored.readableBytes && zip(given, stored.readableBytesView).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
-        guard !rows.isEmpty, equal else {
-            logger.notice("console sign-in refused", metadata: ["agent": "\(agentID)"])
+        let credentials = database.table("agent_credentials")
+        guard !rows.isEmpty, equal, !locked else {
+            if !rows.isEmpty && !locked {
+                try await database.client.query("""
+                    UPDATE \(unescaped: credentials) SET failed_attempts = failed_attempts + 1,
+                        locked_until = CASE WHEN failed_attempts + 1 >= \(Self.maxFailedSignIns)
+                                            THEN now() + make_interval(secs => \(Self.lockout)) ELSE locked_until END
+                    WHERE agent_id = \(agentID)
+                    """, logger: logger)
+            }
+            logger.notice("console sign-in refused", metadata: ["agent": "\(agentID)", "locked": "\(locked)"])
             return nil
         }
+        try await database.client.query("""
+            UPDATE \(unescaped: credentials) SET failed_attempts = 0, locked_until = NULL WHERE agent_id = \(agentID)
+            """, logger: logger)
         var generator = SystemRandomNumberGenerator()
         let token = Data((0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }).base64EncodedString()
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")

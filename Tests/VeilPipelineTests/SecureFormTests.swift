@@ -251,7 +251,7 @@ extension PipelineSuites {
             await world.stop()
         }
 
-        @Test("the console refuses the wrong password, other origins and signed-out visitors; five wrong PINs lock the account's checks")
+        @Test("the console refuses the wrong password (and locks after five in a row), other origins and signed-out visitors; five wrong PINs lock the account's checks")
         func consoleGuards() async throws {
             let (scene, signedOut) = try await ChatScene.start(acceptInConsole: false)
             var console = signedOut
@@ -282,6 +282,18 @@ extension PipelineSuites {
                 let expected = attempt <= 5 ? "not-verified" : "locked"
                 _ = try await console.waitForPanel(containing: "data-form-id=\"\(form.formId)\" data-outcome=\"\(expected)\"")
             }
+            // Five wrong passwords in a row lock the agent's sign-in: then even the right one is refused.
+            try await world.withDispatch { engine in
+                try await AgentAccounts(engine: engine, logger: engine.logger)
+                    .upsert(Technician(id: "agent-guessed", name: "Guessed", skills: [], regions: []), password: "the right password")
+            }
+            var guesser = ConsoleSession(port: scene.consolePort)
+            for attempt in 1...5 {
+                #expect(try await guesser.post("/console/login", ["agentId": "agent-guessed", "password": "guess \(attempt)"]).0 == 401)
+            }
+            #expect(try await guesser.post("/console/login", ["agentId": "agent-guessed", "password": "the right password"]).0 == 401)
+            guesser.cookie = nil
+            await guesser.shutdown()
             // A technician's id cannot be turned into an agent's (or back) by an upsert.
             try await world.withDispatch { engine in
                 try await engine.upsert(Technician(id: "tech-solo", name: "Solo", skills: ["network"], regions: ["north"]))
