@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
+import VeilCore
 import VeilStore
 
 /// Agents' sign-in: passwords kept as PBKDF2-SHA256 hashes (210,000 rounds, random
@@ -84,7 +85,7 @@ public struct AgentAccounts: Sendable {
         let (stored, salt, rounds, locked) = try rows.first?.decode((ByteBuffer, ByteBuffer, Int, Bool).self)
             ?? (ByteBuffer(bytes: [UInt8](repeating: 0, count: 32)), ByteBuffer(bytes: [UInt8](repeating: 0, count: 16)), Self.rounds, false)
         let given = try Self.hash(password, salt: Array(salt.readableBytesView), rounds: rounds)
-        let equal = given.count == stored.readableBytes && zip(given, stored.readableBytesView).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+        let equal = ConstantTime.equal(given, stored.readableBytesView)
         let credentials = database.table("agent_credentials")
         guard !rows.isEmpty, equal, !locked else {
             if !rows.isEmpty && !locked {

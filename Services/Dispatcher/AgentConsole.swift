@@ -7,6 +7,7 @@ import NIOCore
 import ServiceLifecycle
 import Synchronization
 import VeilContracts
+import VeilCore
 import VeilService
 import VeilStore
 
@@ -87,7 +88,11 @@ public struct AgentConsole: Service {
         do {
             return try await body()
         } catch let error as AssignmentError {
-            let status: HTTPResponse.Status = error.code == "dispatch.not_found" || error.code == "dispatch.not_pending" ? .conflict : .badRequest
+            let status: HTTPResponse.Status = switch error.code {
+            case "dispatch.not_found", "dispatch.not_pending": .conflict
+            case "dispatch.sms_failed": .badGateway  // the SMS gateway refused: not the caller's fault
+            default: .badRequest
+            }
             return await Problem.respond(context, prefix: "dispatcher") {
                 throw Problem(status: status, code: error.code.replacingOccurrences(of: "dispatch.", with: ""), detail: error.reason)
             }
@@ -282,9 +287,7 @@ public struct AgentConsole: Service {
 
     /// Requires `Authorization: Bearer <token>` (compared in constant time); nil token: always refused.
     func requireBearer(_ request: Request, _ token: String?, variable: String) throws {
-        guard let token, let given = request.headers[.authorization],
-              Array(given.utf8).count == Array("Bearer \(token)".utf8).count,
-              zip(Array(given.utf8), Array("Bearer \(token)".utf8)).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
+        guard let token, let given = request.headers[.authorization], ConstantTime.equal(given, "Bearer \(token)") else {
             throw Problem(status: .unauthorized, code: "admin_refused", detail: "send Authorization: Bearer <\(variable)>")
         }
     }

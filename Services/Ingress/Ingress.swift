@@ -201,7 +201,7 @@ struct RequestHandler: Sendable {
 
     func enroll(_ request: Request) async throws -> Response {
         if let token = settings.enrollmentToken {
-            guard let given = request.headers[Self.enrollmentHeader], Self.constantTimeEqual(given, token) else {
+            guard let given = request.headers[Self.enrollmentHeader], ConstantTime.equal(given, token) else {
                 throw Problem.enrollmentRefused
             }
         }
@@ -260,9 +260,7 @@ struct RequestHandler: Sendable {
         guard appData.count <= 32, appData.allSatisfy({ $0.key.utf8.count <= 64 && $0.value.utf8.count <= 256 }) else {
             throw Problem.invalidField("appData", "must have at most 32 entries of short strings")
         }
-        guard let nonce = Data(base64Encoded: inquiry.nonce), (16...64).contains(nonce.count) else {
-            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
-        }
+        let nonce = try nonce(inquiry.nonce)
         guard let deviceKey = settings.pseudonymDevice.current, let idKey = settings.pseudonymID.current else {
             throw Problem.unavailable
         }
@@ -284,7 +282,7 @@ struct RequestHandler: Sendable {
                     to: [ServiceName.anonymizer.rawValue]),
             .sealed(PartLabel.accessInfo, payload: ContractCoding.encode(access), to: [ServiceName.merger.rawValue]),
         ])
-        try await publish(draft, topic: Topic.inquiriesReceived, key: id, orForget: "inquiries")
+        try await publish(draft, topic: Topic.inquiriesReceived, key: Array(id.description.utf8), orForget: "inquiries")
         let status = InquiryStatus(id: id.description, status: "accepted", acceptedAt: acceptedAt)
         return Response(status: .accepted, headers: [.contentType: "application/json", .location: "/v1/inquiries/\(id)"],
                         body: .init(byteBuffer: ByteBuffer(bytes: ContractCoding.encode(status))))
@@ -303,14 +301,6 @@ struct RequestHandler: Sendable {
     }
 
     // MARK: Checks
-
-    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        var difference: UInt8 = 0
-        for i in x.indices { difference |= x[i] ^ y[i] }
-        return difference == 0
-    }
 
     func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> ([UInt8], T) {
         try await Problem.decodeJSON(type, from: request, maxBytes: settings.maxBodyBytes)
@@ -381,19 +371,61 @@ struct RequestHandler: Sendable {
         return Date(timeIntervalSince1970: (stored.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
     }
 
-    /// Publishes and waits for Kafka's acknowledgement; if that fails, the status row in
-    /// `table` is removed (the nonce stays used) and the device is told `unavailable`.
-    func publish(_ draft: EnvelopeDraft, topic: Topic, key id: MessageID, orForget table: String) async throws {
+    /// Uses a request nonce (a replay inserts nothing: `replayed_nonce`).
+    func useNonce(_ nonce: Data, deviceRef: [UInt8]) async throws {
+        let rows = try await context.database.client.query("""
+            INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
+            VALUES (\(ByteBuffer(bytes: deviceRef)), \(ByteBuffer(bytes: nonce))) ON CONFLICT DO NOTHING RETURNING 1
+            """, logger: context.logger).collect()
+        guard !rows.isEmpty else { throw Problem.replayedNonce }
+    }
+
+    /// Publishes and waits for Kafka's acknowledgement; if that fails, the status row of the
+    /// draft's id in `table` (if any) is removed (the nonce stays used) and the device is told `unavailable`.
+    func publish(_ draft: EnvelopeDraft, topic: Topic, key: [UInt8], orForget table: String? = nil) async throws {
+        let id = draft.id
         do {
-            let message = try context.codec.message(draft, topic: topic.name, key: Array(id.description.utf8))
-            _ = try await context.producer.send(message)
+            _ = try await context.producer.send(try context.codec.message(draft, topic: topic.name, key: key))
             context.metrics.messageOut(topic: topic.name)
         } catch {
             context.logger.error("not published", metadata: ["message.id": "\(id)", "topic": "\(topic.name)", "error": "\(safeDescription(error))"])
-            _ = try? await context.database.client.query(
-                "DELETE FROM \(unescaped: context.database.table(table)) WHERE id = \(id.uuid)", logger: context.logger)
+            if let table {
+                _ = try? await context.database.client.query(
+                    "DELETE FROM \(unescaped: context.database.table(table)) WHERE id = \(id.uuid)", logger: context.logger)
+            }
             throw Problem.unavailable
         }
+    }
+
+    /// A request's single-use nonce: base64 of 16 to 64 random bytes.
+    func nonce(_ text: String) throws -> Data {
+        guard let nonce = Data(base64Encoded: text), (16...64).contains(nonce.count) else {
+            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
+        }
+        return nonce
+    }
+
+    /// A part the device sealed to `service`'s current key, to forward unopened: ingress
+    /// checks only its label and recipient.
+    func sealedPart(_ base64: String, field: String, label: String, to service: ServiceName) throws -> SealedPart {
+        guard let key = context.codec.directory.encryptionKey(of: service.rawValue) else { throw Problem.unavailable }
+        guard let bytes = Data(base64Encoded: base64), let part = try? SealedPart(serialized: Array(bytes)),
+              part.label == label, part.recipients == [key.reference] else {
+            throw Problem.invalidField(field, "must be a part labelled \(label) sealed to the \(service.rawValue)'s current key")
+        }
+        return part
+    }
+
+    /// Ingress's signed statement that `device` authenticated, about `subject` (a request or
+    /// a form id), verifiable downstream with the key directory alone.
+    func signedAssertion(subject: String, device: EnrolledDevice, deviceRef: [UInt8], accountRef: [UInt8],
+                         at time: Date) throws -> SignedAssertion {
+        let assertion = AuthAssertion(requestId: subject, accountRef: Data(accountRef), deviceRef: Data(deviceRef),
+                                      deviceEncryptionKey: Data(device.encryptionKey), method: "device-signature",
+                                      enrolledAt: device.enrolledAt, authenticatedAt: time)
+        let bytes = ContractCoding.encode(assertion)
+        let (signature, signer) = try context.codec.identity.signStatement(SignedAssertion.context + bytes)
+        return SignedAssertion(assertion: Data(bytes), signature: Data(signature), signerKeyId: signer.keyID, signerVersion: signer.version)
     }
 
     func verify(_ request: Request, body: [UInt8], with key: Curve25519.Signing.PublicKey, path: String, method: String) throws {

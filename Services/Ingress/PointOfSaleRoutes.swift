@@ -116,14 +116,8 @@ extension RequestHandler {
         guard let pending = posLookups else { throw Problem.unavailable }
         let (body, lookup) = try await decode(PosLookupRequest.self, from: request)
         try validate(id: lookup.terminalId, field: "terminalId")
-        guard let nonce = Data(base64Encoded: lookup.nonce), (16...64).contains(nonce.count) else {
-            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
-        }
-        guard let vault = context.codec.directory.encryptionKey(of: ServiceName.keyVault.rawValue) else { throw Problem.unavailable }
-        guard let sealed = Data(base64Encoded: lookup.tid), let part = try? SealedPart(serialized: Array(sealed)),
-              part.label == PartLabel.terminalID, part.recipients == [vault.reference] else {
-            throw Problem.invalidField("tid", "must be a part labelled terminal-id sealed to the key-vault's current key")
-        }
+        let nonce = try nonce(lookup.nonce)
+        let part = try sealedPart(lookup.tid, field: "tid", label: PartLabel.terminalID, to: .keyVault)
         guard let deviceKey = settings.pseudonymDevice.current else { throw Problem.unavailable }
         let terminalRef = deviceKey.hash(Array(lookup.terminalId.utf8))
         // One round trip on the till's hot path: the terminal's key and the nonce together.
@@ -134,15 +128,8 @@ extension RequestHandler {
 
         let id = MessageID.generate()
         let draft = EnvelopeDraft(id: id, type: MessageType.posLookupRequested, parts: [.forwarded(part)])
-        let message = try context.codec.message(draft, topic: Topic.posLookups.name, key: Array(id.description.utf8))
         let answer = try await pending.exchange(id.description, timeout: settings.posLookupTimeout) {
-            do {
-                _ = try await context.producer.send(message)
-                context.metrics.messageOut(topic: Topic.posLookups.name)
-            } catch {
-                context.logger.error("lookup not published", metadata: ["message.id": "\(id)", "error": "\(safeDescription(error))"])
-                throw Problem.unavailable
-            }
+            try await publish(draft, topic: Topic.posLookups, key: Array(id.description.utf8))
         }
         guard let answer else {
             context.logger.warning("lookup timed out", metadata: ["message.id": "\(id)"])
@@ -160,9 +147,7 @@ extension RequestHandler {
     func posTransaction(_ request: Request) async throws -> Response {
         let (body, transaction) = try await decode(PosTransactionRequest.self, from: request)
         try validate(id: transaction.terminalId, field: "terminalId")
-        guard let nonce = Data(base64Encoded: transaction.nonce), (16...64).contains(nonce.count) else {
-            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
-        }
+        let nonce = try nonce(transaction.nonce)
         guard let deidentified = Data(base64Encoded: transaction.deidentifiedTid), deidentified.count == 32 else {
             throw Problem.invalidField("deidentifiedTid", "must be the base64 de-identified TID a lookup returned")
         }
@@ -177,16 +162,16 @@ extension RequestHandler {
         guard !settings.posRecipients.isEmpty else { throw Problem.unavailable }
         guard let deviceKey = settings.pseudonymDevice.current else { throw Problem.unavailable }
         let terminalRef = deviceKey.hash(Array(transaction.terminalId.utf8))
-        let terminal = try await enrolledDevice(terminalRef)
-        try verify(request, body: body, with: terminal.signingKey, path: "/v1/pos/transactions", method: "POST")
+        let (signingKey, fresh) = try await terminalKeyUsingNonce(nonce, terminalRef: terminalRef)
+        try verify(request, body: body, with: signingKey, path: "/v1/pos/transactions", method: "POST")
         try checkFreshness(transaction.timestamp)
+        guard fresh else { throw Problem.replayedNonce }
         // Only a household and de-identified TID this terminal got from a lookup, recently.
         let expires = token.prefix(8).reduce(Int64(0)) { $0 << 8 | Int64($1) }
         guard expires > Int64(Date().timeIntervalSince1970 * 1000),
-              Self.constantTimeEqual(try lookupToken(terminalRef: terminalRef, deidentifiedTid: deidentified,
-                                                     householdId: transaction.householdId, expiresAtMs: expires),
-                                     transaction.lookupToken) else { throw Problem.lookupTokenRefused }
-        try await useNonce(nonce, deviceRef: terminalRef)
+              ConstantTime.equal(try lookupToken(terminalRef: terminalRef, deidentifiedTid: deidentified,
+                                                 householdId: transaction.householdId, expiresAtMs: expires),
+                                 transaction.lookupToken) else { throw Problem.lookupTokenRefused }
 
         let id = MessageID.generate()
         let record = PosTransactionRecord(transactionId: id.description, terminalRef: Data(terminalRef), deidentifiedTid: deidentified,
@@ -196,14 +181,7 @@ extension RequestHandler {
         let draft = EnvelopeDraft(id: id, type: MessageType.posTransactionRecorded, parts: [
             .sealed(PartLabel.posTransaction, payload: ContractCoding.encode(record), to: settings.posRecipients),
         ])
-        do {
-            _ = try await context.producer.send(try context.codec.message(draft, topic: Topic.posTransactions.name,
-                                                                          key: Array(transaction.householdId.utf8)))
-            context.metrics.messageOut(topic: Topic.posTransactions.name)
-        } catch {
-            context.logger.error("transaction not published", metadata: ["message.id": "\(id)", "error": "\(safeDescription(error))"])
-            throw Problem.unavailable
-        }
+        try await publish(draft, topic: Topic.posTransactions, key: Array(transaction.householdId.utf8))
         return try json(.accepted, PosTransactionReceipt(transactionId: id.description, status: "published"))
     }
 
@@ -240,14 +218,5 @@ extension RequestHandler {
         let expiry = (0..<8).map { UInt8(truncatingIfNeeded: expiresAtMs >> (8 * (7 - $0))) }
         let mac = key.hash(terminalRef + Array(deidentifiedTid) + Array(householdId.utf8) + [0] + expiry)
         return Data(expiry + mac.prefix(16)).base64EncodedString()
-    }
-
-    /// Uses a request nonce (a replay inserts nothing: `replayed_nonce`).
-    func useNonce(_ nonce: Data, deviceRef: [UInt8]) async throws {
-        let rows = try await context.database.client.query("""
-            INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
-            VALUES (\(ByteBuffer(bytes: deviceRef)), \(ByteBuffer(bytes: nonce))) ON CONFLICT DO NOTHING RETURNING 1
-            """, logger: context.logger).collect()
-        guard !rows.isEmpty else { throw Problem.replayedNonce }
     }
 }

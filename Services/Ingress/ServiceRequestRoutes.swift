@@ -34,7 +34,7 @@ extension RequestHandler {
 
     func requireAdmin(_ request: Request) throws {
         guard let token = settings.adminToken, let given = request.headers[Self.authorization],
-              Self.constantTimeEqual(given, "Bearer " + token) else { throw Problem.adminRefused }
+              ConstantTime.equal(given, "Bearer " + token) else { throw Problem.adminRefused }
     }
 
     /// `POST /admin/enrollment-codes {accountId}` → `{code, expiresAt}`: a single-use
@@ -113,17 +113,8 @@ extension RequestHandler {
     func submitServiceRequest(_ request: Request) async throws -> Response {
         let (body, submission) = try await decode(ServiceRequestSubmission.self, from: request)
         try validate(id: submission.deviceId, field: "deviceId")
-        guard let nonce = Data(base64Encoded: submission.nonce), (16...64).contains(nonce.count) else {
-            throw Problem.invalidField("nonce", "must be base64 of 16 to 64 random bytes")
-        }
-        guard let dispatcher = context.codec.directory.encryptionKey(of: ServiceName.dispatcher.rawValue) else {
-            throw Problem.unavailable
-        }
-        guard let sealed = Data(base64Encoded: submission.request),
-              let part = try? SealedPart(serialized: Array(sealed)), part.label == PartLabel.serviceRequest,
-              part.recipients == [dispatcher.reference] else {
-            throw Problem.invalidField("request", "must be a part labelled service-request sealed to the dispatcher's current key")
-        }
+        let nonce = try nonce(submission.nonce)
+        let part = try sealedPart(submission.request, field: "request", label: PartLabel.serviceRequest, to: .dispatcher)
         guard let deviceKey = settings.pseudonymDevice.current else { throw Problem.unavailable }
         let deviceRef = deviceKey.hash(Array(submission.deviceId.utf8))
         let device = try await enrolledDevice(deviceRef)
@@ -134,18 +125,13 @@ extension RequestHandler {
         let id = MessageID.generate()
         let acceptedAt = try await acceptOnce(id, table: "service_requests", deviceRef: deviceRef, nonce: nonce)
 
-        let assertion = AuthAssertion(requestId: id.description, accountRef: Data(accountRef), deviceRef: Data(deviceRef),
-                                      deviceEncryptionKey: Data(device.encryptionKey), method: "device-signature",
-                                      enrolledAt: device.enrolledAt, authenticatedAt: acceptedAt)
-        let assertionBytes = ContractCoding.encode(assertion)
-        let (signature, signer) = try context.codec.identity.signStatement(SignedAssertion.context + assertionBytes)
-        let signed = SignedAssertion(assertion: Data(assertionBytes), signature: Data(signature),
-                                     signerKeyId: signer.keyID, signerVersion: signer.version)
+        let signed = try signedAssertion(subject: id.description, device: device, deviceRef: deviceRef, accountRef: accountRef,
+                                         at: acceptedAt)
         let draft = EnvelopeDraft(id: id, type: MessageType.serviceRequestSubmitted, parts: [
             .forwarded(part),
             .sealed(PartLabel.authentication, payload: ContractCoding.encode(signed), to: [ServiceName.dispatcher.rawValue]),
         ])
-        try await publish(draft, topic: Topic.serviceRequests, key: id, orForget: "service_requests")
+        try await publish(draft, topic: Topic.serviceRequests, key: Array(id.description.utf8), orForget: "service_requests")
         let receipt = ServiceRequestReceipt(id: id.description, status: "accepted", acceptedAt: acceptedAt)
         var response = try json(.accepted, receipt)
         response.headers[.location] = "/v1/service-requests/\(id)"

@@ -165,8 +165,7 @@ struct SecureForms: Sendable {
         guard let (stored, wrong) = try rows.first?.decode((ByteBuffer, Int).self) else { return .notVerified }
         guard wrong < Self.maxWrongPINs else { return .locked }
         let given = Self.isPIN(pin) ? k.verifier(accountRef: accountRef, pin: pin) : []
-        let matches = given.count == stored.readableBytes
-            && zip(given, stored.readableBytesView).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+        let matches = ConstantTime.equal(given, stored.readableBytesView)
         try await connection.query("""
             UPDATE \(unescaped: table) SET wrong_attempts = \(matches ? 0 : wrong + 1), updated_at = now() WHERE account_key = \(accountKey)
             """, logger: logger)

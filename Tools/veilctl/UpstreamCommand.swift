@@ -20,13 +20,7 @@ struct UpstreamCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Random seed (same seed, same file).") var seed: UInt64 = 42
 
         func run() throws {
-            let text = CustomerSample.csv(count: count, seed: seed)
-            if let out {
-                try Data(text.utf8).write(to: URL(fileURLWithPath: out))
-                FileHandle.standardError.write(Data("wrote \(count) customers to \(out)\n".utf8))
-            } else {
-                print(text, terminator: "")
-            }
+            try UpstreamCommand.write(CustomerSample.csv(count: count, seed: seed), to: out, summary: "\(count) customers")
         }
     }
 
@@ -78,6 +72,13 @@ struct UpstreamCommand: AsyncParsableCommand {
 }
 
 extension UpstreamCommand {
+    /// Writes a generated file to `out`, or to standard output.
+    static func write(_ text: String, to out: String?, summary: String) throws {
+        guard let out else { return print(text, terminator: "") }
+        try Data(text.utf8).write(to: URL(fileURLWithPath: out))
+        FileHandle.standardError.write(Data("wrote \(summary) to \(out)\n".utf8))
+    }
+
     /// `veilctl upstream sample-households --count N --out FILE`.
     struct SampleHouseholds: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "sample-households",
@@ -86,13 +87,7 @@ extension UpstreamCommand {
         @Option(name: .long, help: "Output file (default: standard output).") var out: String?
 
         func run() throws {
-            let text = ReferenceFileExporter.sampleHouseholds(count: count)
-            if let out {
-                try Data(text.utf8).write(to: URL(fileURLWithPath: out))
-                FileHandle.standardError.write(Data("wrote \(count) TIDs to \(out)\n".utf8))
-            } else {
-                print(text, terminator: "")
-            }
+            try UpstreamCommand.write(ReferenceFileExporter.sampleHouseholds(count: count), to: out, summary: "\(count) TIDs")
         }
     }
 
