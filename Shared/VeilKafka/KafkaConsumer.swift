@@ -44,7 +44,7 @@ public final class KafkaConsumer: Sendable {
             throw KafkaError(rdkafka: err)
         }
         let handle = self.handle, context = self.context, maxBatch = configuration.maxBatchSize
-        startPollThread(name: "veil-kafka-consumer-poll") {
+        startPollThread(name: "veil-kcons-poll") {
             Self.pollLoop(handle: handle, context: context, maxBatch: maxBatch)
             context.pollThreadExited.signal()
         }

@@ -29,7 +29,7 @@ public final class KafkaProducer: Service, Sendable {
         handle = RDKafkaHandle(try makeRDKafka(RD_KAFKA_PRODUCER, conf: conf))
         blocking = BlockingCalls(label: "veil.kafka.producer.blocking")
         let handle = self.handle, context = self.context
-        startPollThread(name: "veil-kafka-producer-poll") {
+        startPollThread(name: "veil-kprod-poll") {
             while !context.stopping.load(ordering: .acquiring) {
                 rd_kafka_poll(handle.pointer, 50)
                 context.wakeSpaceWaiters()

@@ -52,8 +52,14 @@ struct BlockingCalls: Sendable {
 }
 
 /// A dedicated OS thread (not a cooperative-pool thread) for a poll loop.
+/// `name` shows in `top -H` and `perf`; Linux keeps at most 15 bytes of it.
 func startPollThread(name: String, _ body: @escaping @Sendable () -> Void) {
-    let thread = Thread { body() }
+    precondition(name.utf8.count <= 15, "Linux thread names hold 15 bytes")
+    let thread = Thread {
+        // Foundation's `Thread.name` does not reach the kernel on Linux; this does.
+        veil_name_current_thread(name)
+        body()
+    }
     thread.name = name
     thread.stackSize = 1 << 20
     thread.start()
