@@ -28,6 +28,7 @@ struct DispatchBenchmark: AsyncParsableCommand {
     @Option(help: "Admin token of ingress (default: $VEIL_INGRESS_ADMIN_TOKEN).") var adminToken: String?
     @Option(help: "Seconds of the latency phase.") var seconds: Double = 10
     @Option(help: "Request rate of the latency phase (default: half the measured decision rate, at most 200/s).") var rate: Double?
+    @Flag(help: "Skip the decisions phase (measured separately, e.g. before the services start); needs --url.") var latencyOnly = false
 
     func run() async throws {
         guard let url = database ?? ProcessInfo.processInfo.environment["DATABASE_URL"] else {
@@ -36,6 +37,11 @@ struct DispatchBenchmark: AsyncParsableCommand {
         var logger = Logger(label: "veil-bench")
         logger.logLevel = .error
         let admin = try DatabaseConfiguration(url: url)
+        if latencyOnly {
+            guard let base = self.url else { throw ValidationError("--latency-only needs --url") }
+            try await latency(base: base, admin: admin, rate: min(200, rate ?? 100), logger: logger)
+            return
+        }
         let schema = "bench_dispatch_\(UUID().uuidString.prefix(6).lowercased())"
         let database = try Database(configuration: admin, schema: schema, logger: logger)
         let decisionsPerSecond = try await withThrowingTaskGroup(of: Void.self) { group in
@@ -51,6 +57,9 @@ struct DispatchBenchmark: AsyncParsableCommand {
                 try await engine.upsert(Technician(id: "t\(i)", name: "T\(i)", skills: [skills[i % 5], skills[(i + 1) % 5]],
                                                    regions: ["r\(i % 20)", "r\((i + 1) % 20)"], homeRegion: "r\(i % 20)", capacity: 8))
             }
+            // A running dispatcher's tables have planner statistics (autovacuum analyzes them
+            // a minute after seeding); a schema seeded a moment ago has none yet.
+            try await database.client.query(PostgresQuery(unsafeSQL: "ANALYZE \(schema).technicians"), logger: logger)
             print("== \(requests) decisions, \(concurrency) in flight")
             let started = ContinuousClock.now
             let offered = try await withThrowingTaskGroup(of: Int.self) { tasks in

@@ -14,8 +14,15 @@ export VEIL_INGRESS_ADMIN_TOKEN=bench-admin-$RANDOM$RANDOM
 source "$root/Deploy/local/services.sh"
 veil_keys_and_roles
 trap veil_stop_all EXIT
+# Decisions first, on PostgreSQL alone: the engine as the dispatcher runs it, without the
+# three services' idle work (fetch polling, relays, timers) sharing the two cores.
+echo "==> decisions: the assignment engine against PostgreSQL"
+decisions=$("$bin/veil-bench" dispatch --technicians "${TECHNICIANS:-1000}" --requests "${REQUESTS:-5000}" | tee /dev/stderr \
+  | sed -n 's/^ *\([0-9]*\) decisions\/s.*/\1/p')
 echo "==> starting ingress, dispatcher, technician-alerter (release build; logs in $logs)"
 veil_start_services warning ingress dispatcher technician-alerter
 veil_wait_ready
-"$bin/veil-bench" dispatch --technicians "${TECHNICIANS:-1000}" --requests "${REQUESTS:-5000}" \
-  --url "http://127.0.0.1:${VEIL_HTTP_PORT:-18080}" --seconds "${SECONDS_PER_PHASE:-10}" ${RATE:+--rate $RATE}
+# Half the measured decision rate, capped at 200/s (what two cores carry through three services).
+rate=${RATE:-$(( ${decisions:-400} / 2 > 200 ? 200 : ${decisions:-400} / 2 ))}
+"$bin/veil-bench" dispatch --latency-only --technicians "${TECHNICIANS:-1000}" \
+  --url "http://127.0.0.1:${VEIL_HTTP_PORT:-18080}" --seconds "${SECONDS_PER_PHASE:-10}" --rate "$rate"

@@ -4,7 +4,8 @@ import PostgresNIO
 
 /// One step of a schema's history. Ids sort in the order they must run
 /// (`001_processed_messages`, `002_outbox`, …); SQL may use `{schema}`.
-/// Statements end with a semicolon at the end of a line (a `-- comment` may follow it).
+/// Statements end with a semicolon at the end of a line (a `-- comment` may follow it);
+/// a function body between `$$` lines is one statement however many lines end in `;`.
 public struct Migration: Sendable, Hashable {
     public var id: String
     public var sql: String
@@ -16,9 +17,11 @@ public struct Migration: Sendable, Hashable {
             if !statement.isEmpty { statements.append(statement) }
             current = []
         }
+        var inBody = false  // between `$$` quotes (a PL/pgSQL body)
         for line in sql.split(separator: "\n", omittingEmptySubsequences: false) {
             let code = Self.withoutComment(line).trimmingCharacters(in: .whitespaces)
-            if code.hasSuffix(";") {
+            if code.components(separatedBy: "$$").count % 2 == 0 { inBody.toggle() }
+            if !inBody, code.hasSuffix(";") {
                 current.append(Substring(code.dropLast()))
                 flush()
             } else {

@@ -24,6 +24,23 @@ struct MigrationTests {
         ])
     }
 
+    @Test("a function body between $$ lines is one statement")
+    func functionBodies() {
+        let migration = Migration("004_function", sql: """
+            CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM 1;
+                RETURN 2;
+            END
+            $$;
+            SELECT f();
+            """)
+        #expect(migration.statements == [
+            "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$\nBEGIN\n    PERFORM 1;\n    RETURN 2;\nEND\n$$",
+            "SELECT f()",
+        ])
+    }
+
     @Test("migrations run once, in order, and are recorded")
     func runOnce() async throws {
         let admin = try adminConfiguration()
