@@ -108,6 +108,8 @@ echo "  the customer's phone opens its confirmations (sealed to it; ingress only
 echo
 echo "==> from SMS to the app: a customer texted the hotline; the back office sends a one-time signed link; their app opens it"
 "$bin/veilctl" channel upgrade --phone +4917612345678 --message "Internet down, can you help?" | sed 's/^/  /'
+# The SMS leaves through the dispatcher's outbox a moment after the request is queued.
+for _ in $(seq 1 50); do ls "$VEIL_SMS_OUTBOX_DIR"/*.json >/dev/null 2>&1 && break; sleep 0.2; done
 link=$(python3 -c 'import glob, json, sys; f = sorted(glob.glob(sys.argv[1] + "/*.json"))[-1]; print(json.load(open(f))["text"].split()[-1])' "$VEIL_SMS_OUTBOX_DIR")
 echo "  SMS outbox ($VEIL_SMS_OUTBOX_DIR): \"Continue securely in our app: ${link%%#*}#…\""
 "$bin/veilctl" device open-link --device "$state/customer-phone.json" --url "$ingress_url" --link "$link" | sed 's/^/  /'

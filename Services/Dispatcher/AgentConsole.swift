@@ -90,7 +90,6 @@ public struct AgentConsole: Service {
         } catch let error as AssignmentError {
             let status: HTTPResponse.Status = switch error.code {
             case "dispatch.not_found", "dispatch.not_pending": .conflict
-            case "dispatch.sms_failed": .badGateway  // the SMS gateway refused: not the caller's fault
             default: .badRequest
             }
             return await Problem.respond(context, prefix: "dispatcher") {

@@ -311,13 +311,24 @@ public struct AssignmentEngine: Sendable {
     @discardableResult
     public func submit(_ request: DispatchRequest) async throws -> Reservation? {
         let reservationID = UUID()
-        let rows = try await database.client.query("""
-            SELECT technician_id, expires_at FROM \(unescaped: table("submit_request"))(
-                \(request.id), \(request.category), \(request.priority)::integer, \(request.region), \(request.requiredSkills),
-                \(request.workerKind.rawValue), \(reservationID), \(policy.reservationTimeout.seconds), \(policy.loadWeight),
-                \(policy.regionWeight))
-            """, logger: logger).collect()
+        let rows = try await database.client.query(submitQuery(request, reservationID), logger: logger).collect()
         return try reservation(reservationID, for: request.id, rows)
+    }
+
+    /// `submit` within the caller's transaction.
+    func submit(_ request: DispatchRequest, on connection: PostgresConnection) async throws -> Reservation? {
+        let reservationID = UUID()
+        let rows = try await connection.query(submitQuery(request, reservationID), logger: logger).collect()
+        return try reservation(reservationID, for: request.id, rows)
+    }
+
+    private func submitQuery(_ request: DispatchRequest, _ reservationID: UUID) -> PostgresQuery {
+        """
+        SELECT technician_id, expires_at FROM \(unescaped: table("submit_request"))(
+            \(request.id), \(request.category), \(request.priority)::integer, \(request.region), \(request.requiredSkills),
+            \(request.workerKind.rawValue), \(reservationID), \(policy.reservationTimeout.seconds), \(policy.loadWeight),
+            \(policy.regionWeight))
+        """
     }
 
     /// Offers a waiting request to the best eligible technician, if any; returns the offer.

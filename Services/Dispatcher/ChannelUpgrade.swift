@@ -98,11 +98,12 @@ public struct HTTPSMSGateway: SMSProvider {
 /// carries only the reference.
 public struct ChannelUpgrades: Sendable {
     let desk: ChatDesk
-    let sms: any SMSProvider
+    /// Every SMS goes through the durable outbox (written with what it announces, sent and retried by `SMSRelay`).
+    let sms: SMSOutbox
     let linkBase: String
     let linkLifetime: Duration
 
-    public init(desk: ChatDesk, sms: any SMSProvider, linkBase: String, linkLifetime: Duration) {
+    public init(desk: ChatDesk, sms: SMSOutbox, linkBase: String, linkLifetime: Duration) {
         self.desk = desk
         self.sms = sms
         self.linkBase = linkBase
@@ -170,29 +171,34 @@ public struct ChannelUpgrades: Sendable {
         let aad = Array(requestID.uuidString.lowercased().utf8)
         guard let atRest = codec.identity.atRestKey("service-requests") else { throw AssignmentError.invalid("no at-rest key") }
         let description = try VersionedKey(version: atRest.version, key: atRest.key).seal(Array(message.utf8), aad: aad)
-        try await database.client.query("""
-            INSERT INTO \(unescaped: database.table("service_requests")) (id, category, priority, description_sealed, at_rest_key_version,
-                action, rule, channel, phone_ref, phone_sealed)
-            VALUES (\(requestID), 'chat', 3, \(ByteBuffer(bytes: description)), \(Int32(atRest.version)), 'agent', 'channel-upgrade', 'sms',
-                    \(ByteBuffer(bytes: ref)), \(ByteBuffer(bytes: try sealingKey.seal(Array(number.utf8), aad: aad))))
-            """, logger: logger)
-        try await desk.append(requestID, sender: "customer", text: "[SMS] " + message)
-        try await desk.engine.submit(DispatchRequest(id: requestID, category: "chat", priority: 3, region: nil, requiredSkills: [],
-                                                     workerKind: .agent))
         let linkID = UUID()
         let expires = Date().addingTimeInterval((lifetime ?? linkLifetime).seconds)
-        try await database.client.query("""
-            INSERT INTO \(unescaped: database.table("channel_links")) (id, request_id, phone_ref, expires_at)
-            VALUES (\(linkID), \(requestID), \(ByteBuffer(bytes: ref)), \(expires))
-            """, logger: logger)
         let claims = ContractCoding.encode(ChannelLinkClaims(linkId: linkID.uuidString.lowercased(), requestId: requestID.uuidString.lowercased(),
                                                              phoneRef: Data(ref), expiresAtMs: Int64(expires.timeIntervalSince1970 * 1000),
                                                              signerKeyId: codec.identity.signingKeyID,
                                                              signerVersion: codec.identity.signingVersions.last ?? 0))
         let (signature, _) = try codec.identity.signStatement(ChannelLink.context + claims)
-        try await sms.send(to: number, text: "Continue securely in our app: \(linkBase)\(ChannelLink.token(claims: claims, signature: signature))")
+        // All or nothing: the request, its chat, its offer to an agent, the link and the SMS.
+        try await database.transaction { connection in
+            try await connection.query("""
+                INSERT INTO \(unescaped: database.table("service_requests")) (id, category, priority, description_sealed, at_rest_key_version,
+                    action, rule, channel, phone_ref, phone_sealed)
+                VALUES (\(requestID), 'chat', 3, \(ByteBuffer(bytes: description)), \(Int32(atRest.version)), 'agent', 'channel-upgrade', 'sms',
+                        \(ByteBuffer(bytes: ref)), \(ByteBuffer(bytes: try sealingKey.seal(Array(number.utf8), aad: aad))))
+                """, logger: logger)
+            try await desk.insertMessage(requestID, sender: "customer", agentID: nil, text: "[SMS] " + message, id: UUID(), on: connection)
+            _ = try await desk.engine.submit(DispatchRequest(id: requestID, category: "chat", priority: 3, region: nil, requiredSkills: [],
+                                                             workerKind: .agent), on: connection)
+            try await connection.query("""
+                INSERT INTO \(unescaped: database.table("channel_links")) (id, request_id, phone_ref, expires_at)
+                VALUES (\(linkID), \(requestID), \(ByteBuffer(bytes: ref)), \(expires))
+                """, logger: logger)
+            try await sms.enqueue(to: number, text: "Continue securely in our app: \(linkBase)\(ChannelLink.token(claims: claims, signature: signature))",
+                                  request: requestID, on: connection)
+        }
+        sms.wake()
         await desk.wakeConsoles()
-        logger.info("channel link sent", metadata: ["request.id": "\(requestID)", "link.id": "\(linkID)"])
+        logger.info("channel link queued", metadata: ["request.id": "\(requestID)", "link.id": "\(linkID)"])
         return Started(requestId: requestID.uuidString.lowercased(), linkId: linkID.uuidString.lowercased(), expiresAt: expires)
     }
 
@@ -251,8 +257,12 @@ public struct ChannelUpgrades: Sendable {
     func text(_ message: String, from agentID: String, in requestID: UUID) async throws {
         try await desk.requireConversation(requestID, agent: agentID)
         guard let number = try await number(of: requestID) else { throw AssignmentError.notFound("a phone number for \(requestID)") }
-        try await sms.send(to: number, text: message)
-        try await desk.append(requestID, sender: "agent", agentID: agentID, text: "[SMS] " + message)
+        try await database.transaction { connection in
+            try await sms.enqueue(to: number, text: message, request: requestID, on: connection)
+            try await desk.insertMessage(requestID, sender: "agent", agentID: agentID, text: "[SMS] " + message, id: UUID(), on: connection)
+        }
+        sms.wake()
+        await desk.wakeConsoles()
     }
 
     /// An SMS from a customer (the gateway's inbound webhook): filed in their latest open chat.

@@ -72,16 +72,24 @@ public struct ChatDesk: Sendable {
 
     /// Files a message of the conversation `requestID`, sealed at rest.
     public func append(_ requestID: UUID, sender: String, agentID: String? = nil, text: String, id: UUID = UUID()) async throws {
+        try await database.client.withConnection { connection in
+            try await insertMessage(requestID, sender: sender, agentID: agentID, text: text, id: id, on: connection)
+        }
+        await wakeConsoles()
+    }
+
+    /// `append` within the caller's transaction; the caller wakes the consoles after it committed.
+    func insertMessage(_ requestID: UUID, sender: String, agentID: String?, text: String, id: UUID,
+                       on connection: PostgresConnection) async throws {
         guard let key = codec.identity.atRestKey(Self.atRestPurpose) else {
             throw StageError.permanent("dispatch.no_key", "no encryption key to derive the at-rest key from")
         }
         let sealed = try VersionedKey(version: key.version, key: key.key).seal(Array(text.utf8), aad: Array(id.uuidString.lowercased().utf8))
-        try await database.client.query("""
+        try await connection.query("""
             INSERT INTO \(unescaped: database.table("chat_messages")) (id, request_id, sender, agent_id, body_sealed, at_rest_key_version)
             VALUES (\(id), \(requestID), \(sender), \(agentID), \(ByteBuffer(bytes: sealed)), \(Int32(key.version)))
             ON CONFLICT (id) DO NOTHING
             """, logger: logger)
-        await wakeConsoles()
     }
 
     /// A customer's follow-up message: filed if the conversation is theirs (same account as

@@ -10,7 +10,7 @@ import VeilStore
 /// moving (offers that time out, requests that wait too long).
 public enum Dispatcher {
     public static let migrations: [Migration] = AssignmentEngine.migrations + ServiceRequestIntake.migrations + ChatDesk.migrations
-        + AgentAccounts.migrations + ChannelUpgrades.migrations
+        + AgentAccounts.migrations + ChannelUpgrades.migrations + SMSOutbox.migrations
 
     /// The dispatcher process: the service-request stage beside the queue clock and the agent console.
     public static let runtime = ServiceRuntime(service: .dispatcher, migrations: migrations) { context in
@@ -18,7 +18,9 @@ public enum Dispatcher {
         let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
         let live = LiveNotifications(database: context.database, channel: "veil_console", heartbeat: .seconds(5), logger: context.logger)
         let desk = ChatDesk(engine: engine, codec: context.codec, producer: context.producer, live: live, logger: context.logger)
-        let upgrades = ChannelUpgrades(desk: desk, sms: settings.sms, linkBase: settings.linkBase, linkLifetime: settings.linkLifetime)
+        let outbox = SMSOutbox(database: context.database, provider: settings.sms, desk: desk, maxAttempts: settings.smsMaxAttempts,
+                               backoff: SMSOutbox.doubling(from: settings.smsRetryBase), logger: context.logger)
+        let upgrades = ChannelUpgrades(desk: desk, sms: outbox, linkBase: settings.linkBase, linkLifetime: settings.linkLifetime)
         let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, chat: desk, upgrades: upgrades, logger: context.logger)
         let clock = DispatchClock(engine: engine, logger: context.logger) { offers in
             for offer in offers {
@@ -34,7 +36,7 @@ public enum Dispatcher {
                                    port: settings.consolePort, adminToken: settings.adminToken, sessionLifetime: settings.sessionLifetime,
                                    secureCookie: settings.secureCookie, upgrades: upgrades, inboundSMSToken: settings.inboundSMSToken)
         return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16),
-                            services: [clock, live, console])
+                            services: [clock, live, console, SMSRelay(outbox: outbox)])
     }
 }
 
@@ -52,6 +54,9 @@ public struct DispatcherSettings: Sendable {
     public var inboundSMSToken: String?
     public var linkBase = "https://app.veil.example/link#"
     public var linkLifetime: Duration = .seconds(900)
+    /// SMS retries: tries before giving up, and the first pause (doubling, at most 5 minutes).
+    public var smsMaxAttempts = 8
+    public var smsRetryBase: Duration = .seconds(2)
 
     public init(_ configuration: ServiceConfiguration) throws {
         consolePort = try configuration.integer("VEIL_DISPATCHER_HTTP_PORT", in: 0...65535)
@@ -61,6 +66,8 @@ public struct DispatcherSettings: Sendable {
         inboundSMSToken = configuration.setting("VEIL_SMS_INBOUND_TOKEN")
         linkBase = configuration.setting("VEIL_CHANNEL_LINK_BASE") ?? linkBase
         linkLifetime = .seconds(try configuration.integer("VEIL_CHANNEL_LINK_TTL_SECONDS", in: 30...604_800))
+        smsMaxAttempts = try configuration.integer("VEIL_SMS_MAX_ATTEMPTS", in: 1...50)
+        smsRetryBase = .milliseconds(try configuration.integer("VEIL_SMS_RETRY_BASE_MS", in: 10...600_000))
         switch configuration.setting("VEIL_SMS_PROVIDER") ?? "outbox" {
         case "outbox":
             sms = OutboxSMSProvider(directory: URL(fileURLWithPath: configuration.setting("VEIL_SMS_OUTBOX_DIR") ?? ".veil/sms-outbox"))

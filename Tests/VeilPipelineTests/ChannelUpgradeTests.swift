@@ -1,5 +1,6 @@
 import DispatcherService
 import Foundation
+import Hummingbird
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -34,6 +35,16 @@ extension PipelineSuites {
                 try await Task.sleep(for: .milliseconds(200))
             }
             throw DatabaseError(code: "test.timeout", reason: "no \(status) notification reached the device")
+        }
+
+        /// The SMS in the development outbox once `count` have arrived (they leave through the dispatcher's SMS relay).
+        static func waitForSMS(_ outbox: URL, count: Int) async throws -> [OutboxSMS] {
+            for _ in 0..<100 {
+                let sent = try OutboxSMSProvider.read(outbox)
+                if sent.count >= count { return sent }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            throw DatabaseError(code: "test.timeout", reason: "\(count) SMS did not reach the outbox")
         }
 
         @Test("technicians are managed through the dispatcher's admin API (bearer token): create with device keys, change activity, read the statistics; bad input and a wrong token are refused")
@@ -92,7 +103,7 @@ extension PipelineSuites {
                                                      token: Self.adminToken)
             #expect(status == 201)
             let requestID = try #require(try JSONSerialization.jsonObject(with: body) as? [String: Any])["requestId"] as? String
-            let sent = try OutboxSMSProvider.read(outbox)
+            let sent = try await Self.waitForSMS(outbox, count: 1)
             #expect(sent.count == 1 && sent.first?.to == Self.normalized)
             let link = try #require(sent.first?.text.split(separator: " ").last.map(String.init))
             #expect(link.hasPrefix("https://app.veil.example/link#"))
@@ -124,7 +135,7 @@ extension PipelineSuites {
             let command = try await Self.waitForInbox(world, phone, status: "command")
             #expect(command.message == "open-diagnostics" && command.requestId == requestID)
             #expect(try await world.client.inbox(phone).contains { $0.status == "message" && $0.message == "Thanks, I see you in the app now." })
-            #expect(try OutboxSMSProvider.read(outbox).last?.text == "We also wrote to you in the app.")
+            #expect(try await Self.waitForSMS(outbox, count: 2).last?.text == "We also wrote to you in the app.")
             // The customer answers by SMS too: the gateway's webhook files it in the chat.
             let (inbound, _) = try await Self.post(consolePort, "/sms/inbound", ["from": Self.normalized, "text": "ok, running it"],
                                                    token: Self.inboundToken)
@@ -142,7 +153,7 @@ extension PipelineSuites {
                                                        ["phoneNumber": "+4915155501234", "message": "call me", "ttlSeconds": 1],
                                                        token: Self.adminToken)
             #expect(shortStatus == 201)
-            let expiring = try #require(try OutboxSMSProvider.read(outbox).last(where: { $0.to == "+4915155501234" })?.text
+            let expiring = try #require(try await Self.waitForSMS(outbox, count: 3).last(where: { $0.to == "+4915155501234" })?.text
                 .split(separator: " ").last.map(String.init))
             try await Task.sleep(for: .seconds(2))
             let late = DeviceIdentity(deviceId: "phone-late-\(UUID().uuidString.prefix(6))")
@@ -169,6 +180,81 @@ extension PipelineSuites {
             #expect(scan.findings.isEmpty, "found: \(scan.findings.sorted())")
             await console.shutdown()
             await world.stop()
+        }
+
+        /// A stand-in SMS gateway: answers `failures` tries with 503, then 200, and keeps what it accepted.
+        actor FakeGateway {
+            var failures: Int
+            var tries = 0
+            var accepted: [[String: String]] = []
+            init(failures: Int) { self.failures = failures }
+            func setFailures(_ n: Int) { failures = n; tries = 0 }
+            func take(_ body: [String: String]) -> Bool {
+                tries += 1
+                guard tries > failures else { return false }
+                accepted.append(body)
+                return true
+            }
+        }
+
+        @Test("an SMS waits in the dispatcher's outbox while the gateway refuses: retried until it is accepted, sent once, then emptied; a gateway that keeps refusing gets it given up after the configured tries, and the chat says so")
+        func smsRetries() async throws {
+            let gatewayPort = try freePort(), consolePort = try freePort()
+            let gateway = FakeGateway(failures: 2)
+            let router = Router()
+            router.post("/sms") { request, context -> Response in
+                let body = try await request.decode(as: [String: String].self, context: context)
+                return Response(status: await gateway.take(body) ? .ok : .serviceUnavailable)
+            }
+            let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: gatewayPort)))
+            let server = Task { try await app.runService() }
+            let world = try await PipelineWorld.start([.dispatcher], settings: [
+                "VEIL_DISPATCHER_HTTP_PORT": String(consolePort), "VEIL_DISPATCHER_ADMIN_TOKEN": Self.adminToken,
+                "VEIL_SMS_PROVIDER": "http", "VEIL_SMS_GATEWAY_URL": "http://127.0.0.1:\(gatewayPort)/sms",
+                "VEIL_SMS_RETRY_BASE_MS": "100", "VEIL_SMS_MAX_ATTEMPTS": "3",
+            ])
+            defer { Task { await world.stop(); server.cancel() } }
+            func outboxRow(_ requestID: String) async throws -> String? {
+                try await world.adminStrings("""
+                    SELECT attempts || ' ' || (sent_at IS NOT NULL)::text || ' ' || (failed_at IS NOT NULL)::text || ' ' || length(message_sealed)
+                    FROM dispatcher.sms_outbox WHERE request_id = '\(requestID)'
+                    """).first
+            }
+            func waitForRow(_ requestID: String, _ done: (String) -> Bool) async throws -> String {
+                for _ in 0..<100 {
+                    if let row = try await outboxRow(requestID), done(row) { return row }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                throw DatabaseError(code: "test.timeout", reason: "the SMS of \(requestID) did not settle: \(try await outboxRow(requestID) ?? "no row")")
+            }
+
+            // The gateway refuses twice: the upgrade is answered at once (queued), the SMS arrives on the third try.
+            let (status, body) = try await Self.post(consolePort, "/admin/channel-upgrades", ["phoneNumber": Self.number, "message": "No signal"],
+                                                     token: Self.adminToken)
+            #expect(status == 201)
+            let requestID = try #require(try JSONSerialization.jsonObject(with: body) as? [String: Any])["requestId"] as? String ?? ""
+            #expect(try await waitForRow(requestID) { $0.hasPrefix("3 true") } == "3 true false 0")
+            let accepted = await gateway.accepted
+            #expect(accepted.count == 1 && accepted.first?["to"] == Self.normalized)
+            #expect(accepted.first?["text"]?.contains("https://app.veil.example/link#") == true)
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(await gateway.accepted.count == 1, "sent once, not again")
+
+            // A gateway that keeps refusing: given up after three tries; the agent's chat shows it.
+            await gateway.setFailures(1_000)
+            let (second, secondBody) = try await Self.post(consolePort, "/admin/channel-upgrades",
+                                                           ["phoneNumber": "+4915155509876", "message": "Still no signal"], token: Self.adminToken)
+            #expect(second == 201)
+            let failedID = try #require(try JSONSerialization.jsonObject(with: secondBody) as? [String: Any])["requestId"] as? String ?? ""
+            #expect(try await waitForRow(failedID) { $0.hasSuffix("true 0") } == "3 false true 0")
+            #expect(await gateway.tries == 3)
+            #expect(try await world.adminStrings("""
+                SELECT count(*)::text FROM dispatcher.chat_messages WHERE request_id = '\(failedID)' AND sender = 'system'
+                """) == ["1"])
+            #expect(try await world.adminStrings("SELECT last_error FROM dispatcher.sms_outbox WHERE request_id = '\(failedID)'")
+                    == ["the SMS gateway answered 503"])
+            await world.stop()
+            server.cancel()
         }
     }
 }
