@@ -422,19 +422,24 @@ public struct AssignmentEngine: Sendable {
     /// Marks an assigned request completed and frees the technician's capacity.
     public func complete(_ requestID: UUID, technicianID: String) async throws {
         try await database.transaction { connection in
-            let rows = try await connection.query("""
-                UPDATE \(unescaped: table("dispatch_requests")) SET status = 'completed'
-                WHERE id = \(requestID) AND technician_id = \(technicianID) AND status = 'assigned' RETURNING id
-                """, logger: logger).collect()
-            guard !rows.isEmpty else { throw AssignmentError.notFound("assigned request \(requestID) of \(technicianID)") }
-            try await connection.query("""
-                UPDATE \(unescaped: table("reservations")) SET status = 'completed'
-                WHERE request_id = \(requestID) AND technician_id = \(technicianID) AND status = 'accepted'
-                """, logger: logger)
-            try await connection.query("""
-                UPDATE \(unescaped: table("technicians")) SET active_load = greatest(active_load - 1, 0) WHERE id = \(technicianID)
-                """, logger: logger)
+            try await complete(requestID, technicianID: technicianID, on: connection)
         }
+    }
+
+    /// `complete` within the caller's transaction.
+    func complete(_ requestID: UUID, technicianID: String, on connection: PostgresConnection) async throws {
+        let rows = try await connection.query("""
+            UPDATE \(unescaped: table("dispatch_requests")) SET status = 'completed'
+            WHERE id = \(requestID) AND technician_id = \(technicianID) AND status = 'assigned' RETURNING id
+            """, logger: logger).collect()
+        guard !rows.isEmpty else { throw AssignmentError.notFound("assigned request \(requestID) of \(technicianID)") }
+        try await connection.query("""
+            UPDATE \(unescaped: table("reservations")) SET status = 'completed'
+            WHERE request_id = \(requestID) AND technician_id = \(technicianID) AND status = 'accepted'
+            """, logger: logger)
+        try await connection.query("""
+            UPDATE \(unescaped: table("technicians")) SET active_load = greatest(active_load - 1, 0) WHERE id = \(technicianID)
+            """, logger: logger)
     }
 
     /// Times out unanswered offers (releasing the technicians) and offers those requests

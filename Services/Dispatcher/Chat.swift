@@ -21,14 +21,16 @@ public struct ChatDesk: Sendable {
     let engine: AssignmentEngine
     let messages: DispatchMessages
     let codec: EnvelopeCodec
-    /// Sends what agents do in the console (messages, form requests); the intake stage has none.
-    let producer: KafkaProducer?
     let logger: Logger
     /// Wakes agent consoles (key `console`) when something they show changed.
     let live: LiveNotifications?
 
-    public init(engine: AssignmentEngine, codec: EnvelopeCodec, producer: KafkaProducer?, live: LiveNotifications?, logger: Logger) {
-        self.producer = producer
+    /// What agents do in the console reaches the customer's device through the
+    /// transactional outbox (`VeilStore.Outbox`): the notification is written in the same
+    /// transaction as its effect (the filed message, the pending form, the closed chat)
+    /// and the dispatcher's `OutboxRelay` publishes it, so a crash in between loses
+    /// neither and sends nothing that did not happen.
+    public init(engine: AssignmentEngine, codec: EnvelopeCodec, live: LiveNotifications?, logger: Logger) {
         self.engine = engine
         self.codec = codec
         self.live = live
@@ -157,19 +159,27 @@ public struct ChatDesk: Sendable {
                                                             message: text, id: MessageID(uuid: id), codec: codec) else {
             throw AssignmentError.invalid("the customer has no app channel for this chat yet: text them instead")
         }
-        try await send(message)
-        try await append(requestID, sender: "agent", agentID: agentID, text: text, id: id)
+        try await database.transaction { connection in
+            try await insertMessage(requestID, sender: "agent", agentID: agentID, text: text, id: id, on: connection)
+            try await database.enqueue([OutboxMessage(id: MessageID(uuid: id), message: message)], on: connection)
+        }
+        await wakeConsoles()
     }
 
     /// Sends a command to the customer's app over the secure channel (e.g. open the diagnostics screen).
     func command(_ command: AppCommand, from agentID: String, in requestID: UUID) async throws {
         try await requireConversation(requestID, agent: agentID)
+        let id = MessageID.generate()
         guard let message = try await messages.notification(requestID, status: "command", technician: try await agentName(agentID),
-                                                            message: command.rawValue, id: MessageID.generate(), codec: codec) else {
+                                                            message: command.rawValue, id: id, codec: codec) else {
             throw AssignmentError.invalid("the customer has no app channel for this chat yet")
         }
-        try await send(message)
-        try await append(requestID, sender: "agent", agentID: agentID, text: "[app command] \(command.rawValue)")
+        try await database.transaction { connection in
+            try await insertMessage(requestID, sender: "agent", agentID: agentID, text: "[app command] \(command.rawValue)", id: id.uuid,
+                                    on: connection)
+            try await database.enqueue([OutboxMessage(id: id, message: message)], on: connection)
+        }
+        await wakeConsoles()
     }
 
     /// Asks the customer for a confidential value: files the form (pending) and sends the
@@ -184,10 +194,6 @@ public struct ChatDesk: Sendable {
         guard let account = try accountRows.first?.decode(ByteBuffer?.self) ?? nil else {
             throw AssignmentError.invalid("the customer has not opened the app channel yet: send them a channel link, or text them")
         }
-        try await database.client.query("""
-            INSERT INTO \(unescaped: database.table("secure_forms")) (id, request_id, agent_id, kind)
-            VALUES (\(formID), \(requestID), \(agentID), \(kind.rawValue))
-            """, logger: logger)
         var form = SecureFormRequest(formId: formID.uuidString.lowercased(), kind: kind, accountRef: Data(account.readableBytesView),
                                      expiresAtMs: Int64((Date().timeIntervalSince1970 + Self.formLifetime) * 1000))
         let (signature, signer) = try codec.identity.signStatement(form.signedBytes)
@@ -199,7 +205,14 @@ public struct ChatDesk: Sendable {
                                                             id: MessageID(uuid: formID), codec: codec, form: form) else {
             throw AssignmentError.notFound("the customer's device for \(requestID)")
         }
-        try await send(message)
+        // The pending form and its request to the device: both or neither.
+        try await database.transaction { connection in
+            try await connection.query("""
+                INSERT INTO \(unescaped: database.table("secure_forms")) (id, request_id, agent_id, kind)
+                VALUES (\(formID), \(requestID), \(agentID), \(kind.rawValue))
+                """, logger: logger)
+            try await database.enqueue([OutboxMessage(id: MessageID(uuid: formID), message: message)], on: connection)
+        }
         await wakeConsoles()
         logger.info("secure form requested", metadata: ["form.id": "\(form.formId)", "kind": "\(kind.rawValue)"])
         return formID
@@ -207,19 +220,14 @@ public struct ChatDesk: Sendable {
 
     /// Ends the chat: the agent's capacity is freed, the customer told.
     func close(_ requestID: UUID, by agentID: String) async throws {
-        try await engine.complete(requestID, technicianID: agentID)
-        if let message = try await messages.notification(requestID, status: "completed", technician: try await agentName(agentID),
-                                                         message: "The chat was closed.",
-                                                         id: .derived(from: MessageID(uuid: requestID), stage: "dispatcher.chat-closed"),
-                                                         codec: codec) {
-            try await send(message)
+        let id = MessageID.derived(from: MessageID(uuid: requestID), stage: "dispatcher.chat-closed")
+        let message = try await messages.notification(requestID, status: "completed", technician: try await agentName(agentID),
+                                                      message: "The chat was closed.", id: id, codec: codec)
+        try await database.transaction { connection in
+            try await engine.complete(requestID, technicianID: agentID, on: connection)
+            if let message { try await database.enqueue([OutboxMessage(id: id, message: message)], on: connection) }
         }
         await wakeConsoles()
-    }
-
-    private func send(_ message: OutgoingMessage) async throws {
-        guard let producer else { throw AssignmentError.invalid("no producer to send with") }
-        _ = try await producer.send(message)
     }
 
     func requireConversation(_ requestID: UUID, agent agentID: String) async throws {

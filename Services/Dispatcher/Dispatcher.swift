@@ -17,7 +17,10 @@ public enum Dispatcher {
         let settings = try DispatcherSettings(context.configuration)
         let engine = AssignmentEngine(database: context.database, policy: settings.policy, logger: context.logger)
         let live = LiveNotifications(database: context.database, channel: "veil_console", heartbeat: .seconds(5), logger: context.logger)
-        let desk = ChatDesk(engine: engine, codec: context.codec, producer: context.producer, live: live, logger: context.logger)
+        let desk = ChatDesk(engine: engine, codec: context.codec, live: live, logger: context.logger)
+        // Publishes what the console writes to the outbox (agents' messages, form requests, closed chats).
+        let relay = OutboxRelay(database: context.database, producer: context.producer, batchSize: 100,
+                                idleInterval: .milliseconds(50), logger: context.logger)
         let outbox = SMSOutbox(database: context.database, provider: settings.sms, desk: desk, maxAttempts: settings.smsMaxAttempts,
                                backoff: SMSOutbox.doubling(from: settings.smsRetryBase), logger: context.logger)
         let upgrades = ChannelUpgrades(desk: desk, sms: outbox, linkBase: settings.linkBase, linkLifetime: settings.linkLifetime)
@@ -36,7 +39,7 @@ public enum Dispatcher {
                                    port: settings.consolePort, adminToken: settings.adminToken, sessionLifetime: settings.sessionLifetime,
                                    secureCookie: settings.secureCookie, upgrades: upgrades, inboundSMSToken: settings.inboundSMSToken)
         return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16),
-                            services: [clock, live, console, SMSRelay(outbox: outbox)])
+                            services: [clock, live, console, SMSRelay(outbox: outbox), relay])
     }
 }
 

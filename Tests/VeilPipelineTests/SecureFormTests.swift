@@ -170,6 +170,12 @@ extension PipelineSuites {
             #expect(pages.last?.contains("PIN: not verified") == true)
             // The vault kept a token and the last four digits, never the number.
             #expect(try await world.adminStrings("SELECT last4 FROM key_vault.value_tokens") == ["4242"])
+            // The agent's message and the four form requests left through the dispatcher's outbox, each written with its
+            // effect (the filed message, the pending form) and published by the relay.
+            #expect(try await world.adminCount("""
+                SELECT count(*) FROM dispatcher.outbox o WHERE o.published_at IS NOT NULL
+                  AND (o.message_id IN (SELECT id FROM dispatcher.secure_forms) OR o.message_id IN (SELECT id FROM dispatcher.chat_messages))
+                """) == 5)
 
             // A form answered from another account's device: the vault refuses to check it (the dispatcher signed it for the
             // chat's account), so no verdict exists and the form stays pending.
