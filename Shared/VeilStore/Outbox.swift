@@ -43,26 +43,48 @@ extension Database {
 /// several replicas share the work), sent, and marked published only after the
 /// broker acknowledged it, all in one transaction. A crash before the mark sends
 /// the rows again with the same message ids, which consumers drop as duplicates.
+/// Published rows are kept for `retention` (to look at what left, and when), then
+/// deleted about once a minute.
 public final class OutboxRelay: Service, Sendable {
     let database: Database
     let producer: KafkaProducer
     let batchSize: Int
     let idleInterval: Duration
+    let retention: Duration
     let logger: Logger
 
     public init(database: Database, producer: KafkaProducer, batchSize: Int = 500,
-                idleInterval: Duration = .milliseconds(100), logger: Logger) {
+                idleInterval: Duration = .milliseconds(100), retention: Duration = .seconds(3600), logger: Logger) {
         self.database = database
         self.producer = producer
         self.batchSize = batchSize
         self.idleInterval = idleInterval
+        self.retention = retention
         self.logger = logger
+    }
+
+    /// Deletes up to `limit` rows published more than `retention` ago; returns how many.
+    @discardableResult
+    public func purgePublished(limit: Int = 10_000) async throws -> Int {
+        let table = database.table("outbox")
+        let seconds = Double(retention.components.seconds) + Double(retention.components.attoseconds) / 1e18
+        let rows = try await database.client.query(PostgresQuery(unsafeSQL: """
+            DELETE FROM \(table) WHERE seq IN (
+                SELECT seq FROM \(table) WHERE published_at < now() - make_interval(secs => $1) ORDER BY seq LIMIT $2)
+            RETURNING seq
+            """, binds: try bindings(seconds, limit)), logger: logger).collect()
+        return rows.count
     }
 
     public func run() async throws {
         await cancelWhenGracefulShutdown {
+            var lastPurge = ContinuousClock.now
             while !Task.isCancelled {
                 do {
+                    if ContinuousClock.now - lastPurge > .seconds(60) {
+                        lastPurge = .now
+                        try await self.purgePublished()
+                    }
                     if try await self.relayOnce() == 0 { try? await Task.sleep(for: self.idleInterval) }
                 } catch is CancellationError {
                     return

@@ -49,6 +49,15 @@ struct OutboxRelayTests {
             #expect(Set(messages.compactMap(\.messageID)) == Set(ids))
             #expect(messages.first?.headers.contains(KafkaHeader(name: "nil", value: nil)) == true)
             await consumer.close()
+
+            // Published rows stay for the retention, then go; nothing unpublished is ever purged.
+            try await database.transaction { connection in
+                try await database.enqueue([OutboxMessage(id: .generate(), message: OutgoingMessage(topic: topic, value: [2]))], on: connection)
+            }
+            #expect(try await second.purgePublished() == 0, "published a moment ago, kept for an hour")
+            let purging = OutboxRelay(database: database, producer: secondProducer, retention: .zero, logger: quietLogger)
+            #expect(try await purging.purgePublished() == 300)
+            #expect(try await database.outboxBacklog() == 1)
             await secondProducer.close()
         }
     }
