@@ -213,6 +213,7 @@ public struct AssignmentEngine: Sendable {
                 v_technician text;
                 v_expires timestamptz;
                 v_time time := (now() AT TIME ZONE 'UTC')::time;
+                v_top integer := 16;
             BEGIN
                 SELECT r.region, r.required_skills, r.worker_kind INTO v_region, v_skills, v_kind
                 FROM {schema}.dispatch_requests r
@@ -220,19 +221,35 @@ public struct AssignmentEngine: Sendable {
                 IF NOT FOUND THEN RETURN; END IF;
                 -- Who already had it (declined, timed out), read once rather than per candidate row.
                 v_offered := ARRAY(SELECT o.technician_id FROM {schema}.reservations o WHERE o.request_id = p_request);
-                SELECT t.id INTO v_technician FROM {schema}.technicians t
-                WHERE t.kind = v_kind AND t.activity = 'available' AND t.active_load < t.capacity
-                  AND t.skills @> v_skills
-                  AND (v_region IS NULL OR t.regions @> ARRAY[v_region])
-                  AND (t.shift_start IS NULL
-                       OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
-                       OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
-                  AND t.id <> ALL (v_offered)
-                ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
-                         + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
-                         t.last_offer_at NULLS FIRST, t.id
-                LIMIT 1
-                FOR UPDATE OF t SKIP LOCKED;
+                -- The best `v_top` eligible technicians by rank, unlocked (a bounded sort, not a sort of every
+                -- eligible one), then the best of those that can be locked and still has room: PostgreSQL
+                -- re-checks activity and capacity on the row version it locks. If all of them were taken by
+                -- concurrent decisions, once more over everyone eligible.
+                LOOP
+                    WITH top AS (
+                        SELECT t.id FROM {schema}.technicians t
+                        WHERE t.kind = v_kind AND t.activity = 'available' AND t.active_load < t.capacity
+                          AND t.skills @> v_skills
+                          AND (v_region IS NULL OR t.regions @> ARRAY[v_region])
+                          AND (t.shift_start IS NULL
+                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                          AND t.id <> ALL (v_offered)
+                        ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                                 + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
+                                 t.last_offer_at NULLS FIRST, t.id
+                        LIMIT v_top
+                    )
+                    SELECT t.id INTO v_technician FROM {schema}.technicians t JOIN top ON top.id = t.id
+                    WHERE t.activity = 'available' AND t.active_load < t.capacity
+                    ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                             + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
+                             t.last_offer_at NULLS FIRST, t.id
+                    LIMIT 1
+                    FOR UPDATE OF t SKIP LOCKED;
+                    EXIT WHEN v_technician IS NOT NULL OR v_top IS NULL;
+                    v_top := NULL;  -- no limit
+                END LOOP;
                 IF v_technician IS NULL THEN RETURN; END IF;
                 INSERT INTO {schema}.reservations AS n (id, request_id, technician_id, status, expires_at)
                 VALUES (p_reservation, p_request, v_technician, 'pending', clock_timestamp() + make_interval(secs => p_timeout_seconds))
