@@ -134,7 +134,7 @@ extension PipelineSuites {
             #expect(try await console.post("/console/chats/\(requestID ?? "")/sms", ["text": "We also wrote to you in the app."]).0 == 303)
             let command = try await Self.waitForInbox(world, phone, status: "command")
             #expect(command.message == "open-diagnostics" && command.requestId == requestID)
-            #expect(try await world.client.inbox(phone).contains { $0.status == "message" && $0.message == "Thanks, I see you in the app now." })
+            #expect(try await Self.waitForInbox(world, phone, status: "message").message == "Thanks, I see you in the app now.")
             #expect(try await Self.waitForSMS(outbox, count: 2).last?.text == "We also wrote to you in the app.")
             // The customer answers by SMS too: the gateway's webhook files it in the chat.
             let (inbound, _) = try await Self.post(consolePort, "/sms/inbound", ["from": Self.normalized, "text": "ok, running it"],
