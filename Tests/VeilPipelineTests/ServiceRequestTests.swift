@@ -309,7 +309,8 @@ extension PipelineSuites {
 
             func firstAlert(_ device: DeviceIdentity) async throws -> AlertPayload {
                 let client = TechnicianClient(baseURL: alerter, device: device)
-                for _ in 0..<150 {
+                // Up to 45 s: on a loaded CI machine the three services' consumer groups can take long to form.
+                for _ in 0..<450 {
                     if let alert = try? await client.alerts().first { return alert }
                     try await Task.sleep(for: .milliseconds(100))
                 }
