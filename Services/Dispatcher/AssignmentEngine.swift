@@ -551,7 +551,3 @@ public struct AssignmentEngine: Sendable {
         return (0..<24).contains(h) && (0..<60).contains(m) && parts[1].count == 2
     }
 }
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

@@ -142,10 +142,10 @@ public struct SMSOutbox: Sendable {
                                                         "error": "\(failure)"])
                 return (true, requestID)
             }
-            let pause = backoff(attempt)
+            let pause = backoff(attempt).seconds
             try await connection.query("""
                 UPDATE \(unescaped: outbox) SET attempts = \(Int32(attempt)), last_error = \(failure),
-                    next_attempt_at = now() + make_interval(secs => \(Double(pause.components.seconds) + Double(pause.components.attoseconds) / 1e18))
+                    next_attempt_at = now() + make_interval(secs => \(pause))
                 WHERE id = \(id)
                 """, logger: logger)
             Counter(label: "veil_sms_total", dimensions: [("outcome", "retried")]).increment()

@@ -67,12 +67,11 @@ public final class OutboxRelay: Service, Sendable {
     @discardableResult
     public func purgePublished(limit: Int = 10_000) async throws -> Int {
         let table = database.table("outbox")
-        let seconds = Double(retention.components.seconds) + Double(retention.components.attoseconds) / 1e18
         let rows = try await database.client.query(PostgresQuery(unsafeSQL: """
             DELETE FROM \(table) WHERE seq IN (
                 SELECT seq FROM \(table) WHERE published_at < now() - make_interval(secs => $1) ORDER BY seq LIMIT $2)
             RETURNING seq
-            """, binds: try bindings(seconds, limit)), logger: logger).collect()
+            """, binds: try bindings(retention.seconds, limit)), logger: logger).collect()
         return rows.count
     }
 

@@ -144,10 +144,3 @@ public enum ExportError: Error, Sendable, CustomStringConvertible {
         }
     }
 }
-
-extension Duration {
-    /// The duration in seconds as a Double.
-    public var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
-}
