@@ -80,7 +80,6 @@ let package = Package(
         .target(name: "\($0.folder)Service", dependencies: [
             "VeilService", "VeilClient", log, lifecycle,
             .product(name: "Hummingbird", package: "hummingbird"), .product(name: "PostgresNIO", package: "postgres-nio"),
-            .product(name: "Metrics", package: "swift-metrics"),
         ] + ($0.folder == "Dispatcher" ? [  // the agent console: templates and password hashing
             .product(name: "Mustache", package: "swift-mustache"), .product(name: "_CryptoExtras", package: "swift-crypto"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),  // the SMS gateway adapter

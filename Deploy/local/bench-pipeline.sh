@@ -16,4 +16,5 @@ echo "==> starting ingress, anonymizer, key-vault, matcher, merger (release buil
 VEIL_MERGER_SAVE=${VEIL_MERGER_SAVE:-true} veil_start_services warning ingress anonymizer key-vault matcher merger
 veil_wait_ready
 "$bin/veil-bench" pipeline --url "http://127.0.0.1:${VEIL_HTTP_PORT:-18080}" --keys "$state/keys" \
-  --seconds "${SECONDS_PER_PHASE:-15}" --concurrency "${CONCURRENCY:-48}" --filing-records "${FILING_RECORDS:-100000}" ${BENCH_ARGS:-}
+  --seconds "${SECONDS_PER_PHASE:-15}" --concurrency "${CONCURRENCY:-48}" --filing-records "${FILING_RECORDS:-100000}" \
+  --vault-metrics "http://127.0.0.1:$((base_port + 2))/metrics" ${BENCH_ARGS:-}

@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Metrics
 import ServiceLifecycle
 import VeilService
 import VeilStore
@@ -22,10 +21,10 @@ public enum Dispatcher {
         let relay = OutboxRelay(database: context.database, producer: context.producer, batchSize: 100,
                                 idleInterval: .milliseconds(50), logger: context.logger)
         let outbox = SMSOutbox(database: context.database, provider: settings.sms, desk: desk, maxAttempts: settings.smsMaxAttempts,
-                               backoff: SMSOutbox.doubling(from: settings.smsRetryBase), logger: context.logger)
+                               backoff: SMSOutbox.doubling(from: settings.smsRetryBase), metrics: context.metrics, logger: context.logger)
         let upgrades = ChannelUpgrades(desk: desk, sms: outbox, linkBase: settings.linkBase, linkLifetime: settings.linkLifetime)
         let intake = ServiceRequestIntake(engine: engine, rules: settings.rules, chat: desk, upgrades: upgrades, logger: context.logger)
-        let clock = DispatchClock(engine: engine, logger: context.logger) { offers in
+        let clock = DispatchClock(engine: engine, metrics: context.metrics, logger: context.logger) { offers in
             for offer in offers {
                 // Agents' offers have no alert: their consoles show them.
                 guard let alert = try await intake.messages.alert(for: offer, codec: context.codec) else {
@@ -106,32 +105,27 @@ public struct DispatcherSettings: Sendable {
 /// became free; every ten seconds, publish the queue statistics as gauges.
 public struct DispatchClock: Service {
     let engine: AssignmentEngine
+    let metrics: ServiceMetrics
     let logger: Logger
     let interval: Duration
     /// Publishes the alerts of the offers a tick made.
     let publish: @Sendable ([Reservation]) async throws -> Void
 
-    public init(engine: AssignmentEngine, logger: Logger, interval: Duration = .seconds(1),
+    public init(engine: AssignmentEngine, metrics: ServiceMetrics, logger: Logger, interval: Duration = .seconds(1),
                 publish: @escaping @Sendable ([Reservation]) async throws -> Void = { _ in }) {
         self.engine = engine
+        self.metrics = metrics
         self.logger = logger
         self.interval = interval
         self.publish = publish
     }
 
     public func run() async throws {
-        let gauges = ["waiting", "longest_wait_seconds", "escalated", "offered", "assigned"].map {
-            ($0, Gauge(label: "veil_dispatch_\($0)"))
-        }
-        let counters = ["accepted", "declined", "timed_out"].map { ($0, Gauge(label: "veil_dispatch_reservations_\($0)")) }
-        let acceptance = Gauge(label: "veil_dispatch_average_acceptance_seconds")
         // Stops at a graceful shutdown (SIGTERM) as well as on cancellation.
-        try? await cancelWhenGracefulShutdown {
-            await self.tick(gauges: gauges, counters: counters, acceptance: acceptance)
-        }
+        try? await cancelWhenGracefulShutdown { await self.tick() }
     }
 
-    private func tick(gauges: [(String, Gauge)], counters: [(String, Gauge)], acceptance: Gauge) async {
+    private func tick() async {
         var ticks = 0
         while !Task.isCancelled {
             do {
@@ -143,10 +137,18 @@ public struct DispatchClock: Service {
                 ticks += 1
                 guard ticks % 10 == 1 else { try? await Task.sleep(for: interval); continue }
                 let s = try await engine.statistics()
-                let values = [Double(s.waiting), s.longestWaitSeconds, Double(s.escalated), Double(s.offered), Double(s.assigned)]
-                for ((_, gauge), value) in zip(gauges, values) { gauge.record(value) }
-                for ((_, gauge), value) in zip(counters, [s.accepted, s.declined, s.timedOut]) { gauge.record(Double(value)) }
-                acceptance.record(s.averageAcceptanceSeconds)
+                let gauges: [(String, String, Double)] = [
+                    ("dispatch_waiting", "Service requests waiting for a technician", Double(s.waiting)),
+                    ("dispatch_longest_wait_seconds", "How long the oldest waiting request has waited", s.longestWaitSeconds),
+                    ("dispatch_escalated", "Escalated requests not yet assigned", Double(s.escalated)),
+                    ("dispatch_offered", "Requests with an open offer", Double(s.offered)),
+                    ("dispatch_assigned", "Requests assigned and not yet completed", Double(s.assigned)),
+                    ("dispatch_reservations_accepted", "Offers accepted (all time)", Double(s.accepted)),
+                    ("dispatch_reservations_declined", "Offers declined (all time)", Double(s.declined)),
+                    ("dispatch_reservations_timed_out", "Offers that timed out (all time)", Double(s.timedOut)),
+                    ("dispatch_average_acceptance_seconds", "Mean time from offer to acceptance", s.averageAcceptanceSeconds),
+                ]
+                for (name, help, value) in gauges { metrics.set(name, help: help, to: value) }
             } catch {
                 logger.warning("dispatch clock tick failed", metadata: ["error": "\(safeDescription(error))"])
             }

@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Metrics
 import NIOCore
 import PostgresNIO
 import ServiceLifecycle
@@ -25,6 +24,7 @@ public struct SMSOutbox: Sendable {
     let maxAttempts: Int
     /// The pause after the `n`-th failed attempt.
     let backoff: @Sendable (Int) -> Duration
+    let metrics: ServiceMetrics
     let logger: Logger
     private let signal: AsyncStream<Void>.Continuation
     let signals: AsyncStream<Void>
@@ -60,12 +60,13 @@ public struct SMSOutbox: Sendable {
     }
 
     public init(database: Database, provider: any SMSProvider, desk: ChatDesk, maxAttempts: Int = 8,
-                backoff: @escaping @Sendable (Int) -> Duration = SMSOutbox.doubling(from: .seconds(2)), logger: Logger) {
+                backoff: @escaping @Sendable (Int) -> Duration = SMSOutbox.doubling(from: .seconds(2)), metrics: ServiceMetrics, logger: Logger) {
         self.database = database
         self.provider = provider
         self.desk = desk
         self.maxAttempts = max(1, maxAttempts)
         self.backoff = backoff
+        self.metrics = metrics
         self.logger = logger
         (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
@@ -125,7 +126,7 @@ public struct SMSOutbox: Sendable {
                     UPDATE \(unescaped: outbox) SET sent_at = now(), attempts = attempts + 1, message_sealed = '\\x'::bytea, last_error = NULL
                     WHERE id = \(id)
                     """, logger: logger)
-                Counter(label: "veil_sms_total", dimensions: [("outcome", "sent")]).increment()
+                metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", "sent"))
                 return (true, nil)
             }
             let attempt = Int(attempts) + 1
@@ -137,7 +138,7 @@ public struct SMSOutbox: Sendable {
                 try await desk.insertMessage(requestID, sender: "system", agentID: nil,
                                              text: "An SMS to the customer could not be delivered after \(attempt) attempts (\(failure)).",
                                              id: UUID(), on: connection)
-                Counter(label: "veil_sms_total", dimensions: [("outcome", "failed")]).increment()
+                metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", "failed"))
                 logger.error("SMS given up", metadata: ["sms.id": "\(id)", "request.id": "\(requestID)", "attempts": "\(attempt)",
                                                         "error": "\(failure)"])
                 return (true, requestID)
@@ -148,7 +149,7 @@ public struct SMSOutbox: Sendable {
                     next_attempt_at = now() + make_interval(secs => \(pause))
                 WHERE id = \(id)
                 """, logger: logger)
-            Counter(label: "veil_sms_total", dimensions: [("outcome", "retried")]).increment()
+            metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", "retried"))
             logger.warning("SMS not delivered; will retry", metadata: ["sms.id": "\(id)", "attempt": "\(attempt)", "error": "\(failure)"])
             return (true, nil)
         }

@@ -25,8 +25,10 @@ public enum KeyVault {
                                   logger: context.logger)
         try await store.bootstrap()
         let refresh = Duration.seconds(try context.configuration.integer("VEIL_VAULT_KEY_REFRESH_SECONDS", in: 1...3600))
-        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: KeyVaultHandler(store: store, database: context.database,
-                                                                                                 logger: context.logger)),
+        // Batches of different keys are handled side by side (filing waits on PostgreSQL;
+        // the next batch's hashing and sealing use the cores meanwhile).
+        let handler = KeyVaultHandler(store: store, database: context.database, metrics: context.metrics, logger: context.logger)
+        return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: handler, concurrency: 4),
                             services: [GrantPublisher(store: store, context: context, refresh: refresh)])
     }
 }
@@ -38,9 +40,9 @@ public struct KeyVaultHandler: EnvelopeHandler {
     let households: Households
     let secureForms: SecureForms
 
-    public init(store: VaultKeyStore, database: Database, logger: Logger) {
+    public init(store: VaultKeyStore, database: Database, metrics: ServiceMetrics, logger: Logger) {
         self.store = store
-        filing = RecordFiling(database: database, logger: logger)
+        filing = RecordFiling(database: database, metrics: metrics, logger: logger)
         households = Households(database: database, logger: logger)
         secureForms = SecureForms(database: database, logger: logger)
     }
@@ -64,8 +66,7 @@ public struct KeyVaultHandler: EnvelopeHandler {
                 }
                 try await secureForms.file(batch.pins, keys: store.keys)
             } else {
-                guard let payload = envelope.payload(PartLabel.records),
-                      let batch = try? ContractCoding.decode(UpstreamBatch.self, from: payload) else {
+                guard let payload = envelope.payload(PartLabel.records), let batch = try? UpstreamBatch.decode(payload) else {
                     throw StageError.permanent("vault.bad_payload", "not a batch of upstream records")
                 }
                 try await filing.file(batch.records, keys: store.keys)
@@ -101,6 +102,7 @@ public struct KeyVaultHandler: EnvelopeHandler {
 /// upserting by the customer reference so re-filing the same record changes nothing.
 struct RecordFiling: Sendable {
     let database: Database
+    let metrics: ServiceMetrics
     let logger: Logger
 
     struct Row: Sendable {
@@ -112,34 +114,43 @@ struct RecordFiling: Sendable {
     }
 
 
-    /// `archive`'s two subkeys, derived once per batch.
-    struct ArchiveKeys: Sendable {
+    /// The keys of one batch, derived and keyed once: the archive key's two subkeys,
+    /// and every HMAC key with its pads already hashed.
+    struct BatchKeys: Sendable {
+        let kT: KeyedHasher
         let archive: VersionedKey
-        let reference: VersionedKey
-        let fingerprint: VersionedKey
-        init(_ archive: VersionedKey) {
+        let reference: KeyedHasher
+        let fingerprint: KeyedHasher
+        let recordKey: VersionedKey
+        let match: [KeyedHasher]
+
+        init(kT: VersionedKey, archive: VersionedKey, recordKey: VersionedKey, match: [VersionedKey]) {
+            self.kT = kT.hasher
             self.archive = archive
-            reference = archive.derived("veil.customer-ref.v1")
-            fingerprint = archive.derived("veil.record-fingerprint.v1")
+            reference = archive.derived("veil.customer-ref.v1").hasher
+            fingerprint = archive.derived("veil.record-fingerprint.v1").hasher
+            self.recordKey = recordKey
+            self.match = match.map(\.hasher)
         }
     }
 
-    static func row(_ record: UpstreamRecord, kT: VersionedKey, archive: ArchiveKeys, recordKey: VersionedKey,
-                    matchKeys: [VersionedKey]) throws -> Row {
-        let a = kT.hash(record.pseudonym)
-        let ref = archive.reference.hash(a)
-        let fields = ContractCoding.encode(record.fields)
-        return Row(ref: ref, encryptedA: try archive.archive.seal(a, aad: ref),
-                   record: try RecordCipher.seal(json: fields, with: recordKey),
-                   fingerprint: archive.fingerprint.hash(fields),
-                   tokens: matchKeys.map { ($0.hash(a), $0.version) })
+    /// Random bytes one record takes: the record's data key and two nonces, and the nonce sealing `A`.
+    static let randomPerRecord = 32 + 12 + 12 + 12
+
+    static func row(_ record: UpstreamRecord, keys: BatchKeys, random: inout RandomBytes) throws -> Row {
+        let a = keys.kT.hash(record.pseudonym)
+        let ref = keys.reference.hash(a)
+        let fields = ContractCoding.encodeFlat(record.fields)
+        return Row(ref: ref, encryptedA: try keys.archive.seal(a, aad: ref, nonce: random.take(12)),
+                   record: try RecordCipher.seal(json: fields, with: keys.recordKey, random: &random),
+                   fingerprint: keys.fingerprint.hash(fields),
+                   tokens: keys.match.map { ($0.hash(a), $0.version) })
     }
 
     func file(_ records: [UpstreamRecord], keys: VaultKeySet) async throws {
         guard let kT = keys.current(.thirdPartyHash), let archive = keys.current(.archive), let recordKey = keys.current(.record),
               keys.current(.match) != nil else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
-        let matchKeys = keys.usable(.match)
-        let archiveKeys = ArchiveKeys(archive)
+        let batchKeys = BatchKeys(kT: kT, archive: archive, recordKey: recordKey, match: keys.usable(.match))
         // The per-record hashing and sealing runs on every core.
         let valid = records.filter { $0.pseudonym.count == 32 }
         let chunkSize = max(64, valid.count / max(1, ProcessInfo.processInfo.activeProcessorCount))
@@ -147,7 +158,8 @@ struct RecordFiling: Sendable {
             for start in stride(from: 0, to: valid.count, by: chunkSize) {
                 let chunk = valid[start..<min(start + chunkSize, valid.count)]
                 group.addTask {
-                    (start, try chunk.map { try Self.row($0, kT: kT, archive: archiveKeys, recordKey: recordKey, matchKeys: matchKeys) })
+                    var random = RandomBytes(capacity: chunk.count * Self.randomPerRecord)
+                    return (start, try chunk.map { try Self.row($0, keys: batchKeys, random: &random) })
                 }
             }
             var parts: [(Int, [Row])] = []
@@ -157,7 +169,9 @@ struct RecordFiling: Sendable {
         var rows: [[UInt8]: Row] = [:]
         for row in computed { rows[row.ref] = row }  // the last copy of a customer in a batch wins
         guard !rows.isEmpty else { return }
-        let list = Array(rows.values)
+        // In customer-reference order: batches filed concurrently then take their row
+        // locks in one global order, so overlapping batches wait instead of deadlocking.
+        let list = rows.values.sorted { $0.ref.lexicographicallyPrecedes($1.ref) }
         let refs = list.map { ByteBuffer(bytes: $0.ref) }
         let encryptedA = list.map { ByteBuffer(bytes: $0.encryptedA) }
         let recordVersions = list.map { Int32($0.record.recordKeyVersion) }
@@ -186,6 +200,7 @@ struct RecordFiling: Sendable {
                 ON CONFLICT (token) DO NOTHING
                 """, logger: logger)
         }
+        metrics.count("records_filed", help: "Upstream records filed (new, changed or already filed unchanged)", by: list.count)
         logger.debug("records filed", metadata: ["count": "\(list.count)"])
     }
 }

@@ -55,6 +55,42 @@ public enum ContractCoding {
         (try? Array(encoder.encode(value))) ?? []
     }
 
+    /// A flat string map as a JSON object with sorted keys, written by hand: the same
+    /// value `encode` gives (it decodes to an equal map), at a fraction of the cost of
+    /// the generic encoder, for encoding one small map per record in bulk.
+    public static func encodeFlat(_ map: [String: String]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(2 + map.count * 24)
+        out.append(UInt8(ascii: "{"))
+        for (index, key) in map.keys.sorted().enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            appendJSONString(key, to: &out)
+            out.append(UInt8(ascii: ":"))
+            appendJSONString(map[key]!, to: &out)
+        }
+        out.append(UInt8(ascii: "}"))
+        return out
+    }
+
+    private static func appendJSONString(_ string: String, to out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        out.append(UInt8(ascii: "\""))
+        for byte in string.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case 0x0A: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case 0x0D: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case 0x09: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case 0..<0x20:
+                out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                        hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+            default: out.append(byte)  // UTF-8 passes through unescaped, as JSON allows
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
     public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         try decoder.decode(type, from: Data(bytes))
     }
@@ -211,6 +247,99 @@ public struct UpstreamRecord: Codable, Sendable, Equatable {
 public struct UpstreamBatch: Codable, Sendable, Equatable {
     public var records: [UpstreamRecord]
     public init(records: [UpstreamRecord]) { self.records = records }
+}
+
+/// The compact form of part `records`, which the exporter sends: JSON cost more to
+/// write and read than everything else filing does to a record (a quarter of the
+/// exporter's CPU, a third of the key-vault's). The key-vault reads both forms; a
+/// payload that starts with the magic is binary, anything else is the JSON above.
+///
+/// Layout (integers big-endian): `"VUB1"`, record count (u32); per record: `P` (32
+/// bytes), key version (u32), field count (u32); per field: key length (u32), key
+/// (UTF-8), value length (u32), value (UTF-8). Nothing may follow the last record.
+extension UpstreamBatch {
+    public static let binaryMagic: [UInt8] = Array("VUB1".utf8)
+
+    public func binaryEncoded() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(8 + records.count * 160)
+        out.append(contentsOf: Self.binaryMagic)
+        Self.append(UInt32(records.count), to: &out)
+        for record in records {
+            precondition(record.pseudonym.count == 32, "a pseudonym is 32 bytes")
+            out.append(contentsOf: record.pseudonym)
+            Self.append(record.keyVersion, to: &out)
+            Self.append(UInt32(record.fields.count), to: &out)
+            for (key, value) in record.fields.sorted(by: { $0.key < $1.key }) {
+                Self.append(UInt32(key.utf8.count), to: &out)
+                out.append(contentsOf: key.utf8)
+                Self.append(UInt32(value.utf8.count), to: &out)
+                out.append(contentsOf: value.utf8)
+            }
+        }
+        return out
+    }
+
+    /// Reads either form (see the type's documentation).
+    public static func decode(_ bytes: [UInt8]) throws -> UpstreamBatch {
+        guard bytes.starts(with: binaryMagic) else { return try ContractCoding.decode(UpstreamBatch.self, from: bytes) }
+        var reader = BinaryReader(bytes: bytes, index: binaryMagic.count)
+        let count = Int(try reader.integer(UInt32.self))
+        // Each record takes at least 40 bytes: a count beyond that is a lie, not a reason to reserve memory.
+        guard count <= (bytes.count - reader.index) / 40 else { throw ContractError.malformed("record count \(count) exceeds the payload") }
+        var records: [UpstreamRecord] = []
+        records.reserveCapacity(count)
+        for _ in 0..<count {
+            let pseudonym = Data(try reader.bytes(32))
+            let version = try reader.integer(UInt32.self)
+            let fieldCount = Int(try reader.integer(UInt32.self))
+            guard fieldCount <= (bytes.count - reader.index) / 8 else { throw ContractError.malformed("field count \(fieldCount) exceeds the payload") }
+            var fields: [String: String] = Dictionary(minimumCapacity: fieldCount)
+            for _ in 0..<fieldCount {
+                let key = try reader.string(Int(try reader.integer(UInt32.self)))
+                fields[key] = try reader.string(Int(try reader.integer(UInt32.self)))
+            }
+            records.append(UpstreamRecord(pseudonym: pseudonym, keyVersion: version, fields: fields))
+        }
+        guard reader.index == bytes.count else { throw ContractError.malformed("\(bytes.count - reader.index) bytes after the last record") }
+        return UpstreamBatch(records: records)
+    }
+
+    private static func append<I: FixedWidthInteger>(_ value: I, to out: inout [UInt8]) {
+        withUnsafeBytes(of: value.bigEndian) { out.append(contentsOf: $0) }
+    }
+}
+
+/// A payload that does not follow its contract.
+public enum ContractError: Error, Sendable, CustomStringConvertible {
+    case malformed(String)
+    public var description: String {
+        switch self { case .malformed(let reason): "malformed payload: \(reason)" }
+    }
+}
+
+/// Bounds-checked reading of a binary payload.
+struct BinaryReader {
+    let bytes: [UInt8]
+    var index: Int
+
+    mutating func bytes(_ count: Int) throws -> ArraySlice<UInt8> {
+        guard count >= 0, bytes.count - index >= count else { throw ContractError.malformed("truncated at byte \(index)") }
+        defer { index += count }
+        return bytes[index..<index + count]
+    }
+
+    mutating func integer<I: FixedWidthInteger>(_: I.Type) throws -> I {
+        try bytes(MemoryLayout<I>.size).reduce(0) { $0 << 8 | I($1) }
+    }
+
+    mutating func string(_ count: Int) throws -> String {
+        let start = index
+        guard let string = String(validating: try bytes(count), as: UTF8.self) else {
+            throw ContractError.malformed("invalid UTF-8 at byte \(start)")
+        }
+        return string
+    }
 }
 
 /// Part `grant` on `veil.keys.grants.v1`: key material the key-vault grants to one service.

@@ -22,6 +22,14 @@ public enum RecordCipher {
         return EncryptedRecord(recordKeyVersion: recordKey.version, wrappedDataKey: Data(wrapped), ciphertext: Data(ciphertext))
     }
 
+    /// `seal(json:with:)` drawing the data key and both nonces (56 bytes) from `random`.
+    public static func seal(json: [UInt8], with recordKey: VersionedKey, random: inout RandomBytes) throws -> EncryptedRecord {
+        let dataKey = VersionedKey(version: 0, raw: random.take(32))!
+        let ciphertext = try dataKey.seal(json, aad: recordAAD, nonce: random.take(12))
+        let wrapped = try recordKey.seal(dataKey.rawBytes, aad: dataKeyAAD, nonce: random.take(12))
+        return EncryptedRecord(recordKeyVersion: recordKey.version, wrappedDataKey: Data(wrapped), ciphertext: Data(ciphertext))
+    }
+
     public static func open(_ record: EncryptedRecord, with ring: KeyRing) throws -> [String: String] {
         guard let recordKey = ring[record.recordKeyVersion] else { throw RecordCipherError.unknownKeyVersion }
         guard let dataKey = VersionedKey(version: 0, raw: try recordKey.open(record.wrappedDataKey, aad: dataKeyAAD)) else {

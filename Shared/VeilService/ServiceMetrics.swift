@@ -13,6 +13,7 @@ public final class ServiceMetrics: Sendable {
     /// lookup builds strings and takes a lock, which showed up per message.
     private let counters = Mutex<[String: Counter]>([:])
     private let histograms = Mutex<[String: DurationHistogram]>([:])
+    private let gauges = Mutex<[String: Gauge]>([:])
 
     private func counter(_ descriptor: MetricNameDescriptor, _ label: (String, String)? = nil) -> Counter {
         let key = descriptor.metricName + "|" + (label?.1 ?? "")
@@ -64,6 +65,24 @@ public final class ServiceMetrics: Sendable {
     public func batch(size: Int) {
         counter(Self.batches).increment()
         counter(Self.batchedMessages).increment(by: Int64(size))
+    }
+
+    /// A service's own counter, `veil_<name>_total` (e.g. `count("sms", label: ("outcome", "sent"))`).
+    /// Resolved once per name and label value, like the stage counters.
+    public func count(_ name: String, help: String, label: (String, String)? = nil, by amount: Int = 1) {
+        counter(MetricNameDescriptor(namespace: "veil", metricName: name, unitName: "total", helpText: help), label)
+            .increment(by: Int64(amount))
+    }
+
+    /// A service's own gauge, `veil_<name>`, set to `value`.
+    public func set(_ name: String, help: String, to value: Double) {
+        let key = "gauge|" + name
+        let gauge = gauges.withLock { $0[key] } ?? {
+            let made = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "veil", metricName: name, unitName: "", helpText: help))
+            gauges.withLock { $0[key] = made }
+            return made
+        }()
+        gauge.set(value)
     }
 
     /// Consumer lag per partition.

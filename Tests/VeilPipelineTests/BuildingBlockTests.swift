@@ -48,6 +48,69 @@ struct BuildingBlockTests {
         #expect(ring.current?.version == 1 && ring[2] != nil)
     }
 
+    @Test("the prepared keyed hasher gives exactly VersionedKey.hash, also when copies are used from several tasks at once")
+    func keyedHasher() async {
+        let key = VersionedKey.generate(version: 4)
+        let hasher = key.hasher
+        let messages = (0..<200).map { Array("customer-\($0)".utf8) }
+        #expect(hasher.version == 4)
+        #expect(messages.map { hasher.hash($0) } == messages.map { key.hash($0) })
+        let concurrent = await withTaskGroup(of: [[UInt8]].self) { group in
+            for _ in 0..<4 { group.addTask { messages.map { hasher.hash($0) } } }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(concurrent.allSatisfy { $0 == messages.map { key.hash($0) } })
+    }
+
+    @Test("bulk randomness never hands out the same bytes twice, across refills; a record sealed with it opens")
+    func randomBytes() throws {
+        var random = RandomBytes(capacity: 64)
+        let nonces = (0..<1_000).map { _ in Array(random.take(12)) }
+        #expect(Set(nonces).count == nonces.count, "96-bit nonces from a CSPRNG do not repeat")
+        #expect(nonces.allSatisfy { $0.count == 12 } && Set(nonces.flatMap { $0 }).count > 200)
+        let key = VersionedKey.generate(version: 1)
+        let sealed = try RecordCipher.seal(json: ContractCoding.encodeFlat(["tier": "gold"]), with: key, random: &random)
+        #expect(try RecordCipher.open(sealed, with: KeyRing([key])) == ["tier": "gold"])
+        let again = try RecordCipher.seal(json: ContractCoding.encodeFlat(["tier": "gold"]), with: key, random: &random)
+        #expect(again.ciphertext != sealed.ciphertext && again.wrappedDataKey != sealed.wrappedDataKey)
+    }
+
+    @Test("the hand-written flat-map encoder writes JSON the standard decoder reads back equal, with sorted keys, for awkward text")
+    func flatEncoder() throws {
+        let maps: [[String: String]] = [
+            [:], ["tier": "gold"], ["b": "2", "a": "1", "c": ""],
+            ["quote": "say \"hi\"", "slash": "a\\b/c", "lines": "one\ntwo\r\tthree", "control": "\u{01}\u{1F}\u{7F}",
+             "unicode": "Müller 東京 👩‍👩‍👧", "": "empty key"],
+        ]
+        for map in maps {
+            let bytes = ContractCoding.encodeFlat(map)
+            #expect(try ContractCoding.decode([String: String].self, from: bytes) == map)
+            #expect(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: String] == map)
+        }
+        #expect(String(decoding: ContractCoding.encodeFlat(["b": "2", "a": "1"]), as: UTF8.self) == #"{"a":"1","b":"2"}"#)
+    }
+
+    @Test("an upstream batch survives the compact binary form; the vault still reads JSON; every truncation, trailing byte, bad UTF-8 or inflated count is an error, never a crash")
+    func upstreamBatchBinary() throws {
+        let batch = UpstreamBatch(records: [
+            UpstreamRecord(pseudonym: Data(repeating: 7, count: 32), keyVersion: 3, fields: ["tier": "gold", "city": "Köln", "note": "a\"b\n"]),
+            UpstreamRecord(pseudonym: Data(repeating: 9, count: 32), keyVersion: 1, fields: [:]),
+        ])
+        let binary = batch.binaryEncoded()
+        #expect(binary.starts(with: UpstreamBatch.binaryMagic))
+        #expect(try UpstreamBatch.decode(binary) == batch)
+        #expect(try UpstreamBatch.decode(ContractCoding.encode(batch)) == batch, "JSON producers keep working")
+        for length in 0..<binary.count {
+            #expect(throws: (any Error).self) { try UpstreamBatch.decode(Array(binary.prefix(length))) }
+        }
+        #expect(throws: ContractError.self) { try UpstreamBatch.decode(binary + [0]) }
+        var badUTF8 = UpstreamBatch(records: [UpstreamRecord(pseudonym: Data(repeating: 1, count: 32), keyVersion: 1, fields: ["k": "v"])])
+            .binaryEncoded()
+        badUTF8[badUTF8.count - 1] = 0xFF
+        #expect(throws: ContractError.self) { try UpstreamBatch.decode(badUTF8) }
+        #expect(throws: ContractError.self) { try UpstreamBatch.decode(UpstreamBatch.binaryMagic + [0xFF, 0xFF, 0xFF, 0xFF]) }
+    }
+
     @Test("a device signature binds method, path and body")
     func deviceSignature() throws {
         let device = DeviceIdentity(deviceId: "d1")

@@ -253,6 +253,11 @@ extension PipelineSuites {
                 """) == ["1"])
             #expect(try await world.adminStrings("SELECT last_error FROM dispatcher.sms_outbox WHERE request_id = '\(failedID)'")
                     == ["the SMS gateway answered 503"])
+            // Operators see the same on the dispatcher's /metrics: one sent, four retries (two per SMS), one given up.
+            let metrics = try await world.metrics(.dispatcher)
+            #expect(metrics.contains(#"veil_sms_total{outcome="sent"} 1"#))
+            #expect(metrics.contains(#"veil_sms_total{outcome="retried"} 4"#))
+            #expect(metrics.contains(#"veil_sms_total{outcome="failed"} 1"#))
             await world.stop()
             server.cancel()
         }

@@ -46,6 +46,9 @@ extension PipelineSuites {
             let summary = try await world.export(csv: customers.csv)
             #expect(summary.published == 300)
             try await world.waitUntilFiled(300)
+            let filed = try await world.metrics(.keyVault).split(separator: "\n").first { $0.hasPrefix("veil_records_filed_total ") }
+            #expect(filed.flatMap { Double($0.split(separator: " ")[1]) }.map { $0 >= 300 } == true,
+                    "the vault counts what it filed (at least once: a redelivered batch counts again)")
 
             let device = DeviceIdentity(deviceId: "device-e2e-\(UUID().uuidString.prefix(6))")
             try await world.client.enroll(device)

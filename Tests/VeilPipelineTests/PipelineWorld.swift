@@ -63,6 +63,7 @@ final class PipelineWorld: Sendable {
     let roles: [ServiceName: DatabaseConfiguration]
     let ingressURL: URL
     private let tasks = Mutex<[ServiceName: Task<Void, any Error>]>([:])
+    private let adminPorts = Mutex<[ServiceName: Int]>([:])
     let environment: [ServiceName: [String: String]]
 
     private init(cluster: EmbeddedKafkaCluster, keys: KeyFolder, admin: DatabaseConfiguration, roles: [ServiceName: DatabaseConfiguration],
@@ -141,11 +142,19 @@ final class PipelineWorld: Sendable {
             let port = adminPort.withLock { $0 }
             if port > 0, let (_, response) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/health/ready")!),
                (response as? HTTPURLResponse)?.statusCode == 200 {
+                adminPorts.withLock { $0[service] = port }
                 return
             }
             try await Task.sleep(for: .milliseconds(100))
         }
         throw DatabaseError(code: "test.not_ready", reason: "\(service.rawValue) did not become ready")
+    }
+
+    /// The service's `/metrics` exposition.
+    func metrics(_ service: ServiceName) async throws -> String {
+        let port = try #require(adminPorts.withLock { $0[service] })
+        let (body, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
+        return String(decoding: body, as: UTF8.self)
     }
 
     func waitForIngress() async throws {

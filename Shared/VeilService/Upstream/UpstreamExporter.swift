@@ -90,7 +90,7 @@ public struct UpstreamExporter: Sendable {
             let records = batch
             batch.removeAll(keepingCapacity: true)
             let draft = EnvelopeDraft(type: MessageType.upstreamRecordsExported, parts: [
-                .sealed(PartLabel.records, payload: ContractCoding.encode(UpstreamBatch(records: records)), to: ["key-vault"]),
+                .sealed(PartLabel.records, payload: UpstreamBatch(records: records).binaryEncoded(), to: ["key-vault"]),
             ])
             let message = try codec.message(draft, topic: Topic.upstreamRecords.name, key: Array(draft.id.description.utf8))
             let producer = self.producer
