@@ -210,7 +210,13 @@ struct PipelineBenchmark: AsyncParsableCommand {
         let summary = try await UpstreamExporter(codec: codec, producer: producer, pseudonymKey: key, policy: ExportPolicy())
             .export(csv: Array(csv.utf8))
         await producer.close()
-        while try await countFiled() < before + summary.published {
+        // Waits while the count moves; 30 s without progress is a lost batch, reported rather than waited on forever.
+        var last = -1, lastMove = ContinuousClock.now
+        while case let filed = try await countFiled(), filed < before + summary.published {
+            if filed != last { (last, lastMove) = (filed, ContinuousClock.now) }
+            if ContinuousClock.now - lastMove > .seconds(30) {
+                throw ValidationError("filing stalled: \(filed - before) of \(summary.published) records filed, no progress for 30 s")
+            }
             try await Task.sleep(for: .milliseconds(20))
         }
         return Double(summary.published) / (ContinuousClock.now - started).seconds

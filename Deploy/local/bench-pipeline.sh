@@ -13,7 +13,7 @@ source "$root/Deploy/local/services.sh"
 veil_keys_and_roles
 trap veil_stop_all EXIT
 echo "==> starting ingress, anonymizer, key-vault, matcher, merger (release build; logs in $logs)"
-VEIL_MERGER_SAVE=${VEIL_MERGER_SAVE:-true} veil_start_services warning ingress anonymizer key-vault matcher merger
+VEIL_MERGER_SAVE=${VEIL_MERGER_SAVE:-true} veil_start_services "${VEIL_BENCH_LOG_LEVEL:-warning}" ingress anonymizer key-vault matcher merger
 veil_wait_ready
 "$bin/veil-bench" pipeline --url "http://127.0.0.1:${VEIL_HTTP_PORT:-18080}" --keys "$state/keys" \
   --seconds "${SECONDS_PER_PHASE:-15}" --concurrency "${CONCURRENCY:-48}" --filing-records "${FILING_RECORDS:-100000}" \

@@ -251,19 +251,22 @@ public final class KafkaConsumer: Sendable {
             if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET {
                 logger.warning("final commit failed", metadata: ["error.code": "\(KafkaError(rdkafka: err).code)"])
             }
-            Self.closeGroupMembership(handle: handle, context: context, deadline: deadline)
-            rd_kafka_destroy(handle.pointer)
+            // After a close that ran out of time, a plain destroy would close the consumer
+            // again with no bound at all (seen hanging forever once the broker was gone).
+            let closed = Self.closeGroupMembership(handle: handle, context: context, deadline: deadline)
+            rd_kafka_destroy_flags(handle.pointer, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
         }
     }
 
     /// `rd_kafka_consumer_close_queue` lets us bound the close by a deadline while
     /// serving the final revoke ourselves.
-    private static func closeGroupMembership(handle: RDKafkaHandle, context: ConsumerContext, deadline: DispatchTime) {
-        guard let queue = rd_kafka_queue_new(handle.pointer) else { return }
+    /// Returns whether the consumer closed within the deadline.
+    private static func closeGroupMembership(handle: RDKafkaHandle, context: ConsumerContext, deadline: DispatchTime) -> Bool {
+        guard let queue = rd_kafka_queue_new(handle.pointer) else { return false }
         defer { rd_kafka_queue_destroy(queue) }
         if let error = rd_kafka_consumer_close_queue(handle.pointer, queue) {
             context.logger.warning("consumer close failed", metadata: ["error.code": "\(KafkaError(consuming: error).code)"])
-            return
+            return false
         }
         while rd_kafka_consumer_closed(handle.pointer) == 0 && DispatchTime.now() < deadline {
             guard let event = rd_kafka_queue_poll(queue, 100) else { continue }
@@ -275,7 +278,9 @@ public final class KafkaConsumer: Sendable {
         }
         if rd_kafka_consumer_closed(handle.pointer) == 0 {
             context.logger.warning("consumer close timed out; leaving the group by session timeout")
+            return false
         }
+        return true
     }
 
     /// Stops without committing or leaving the group, as a crash would: offsets not yet

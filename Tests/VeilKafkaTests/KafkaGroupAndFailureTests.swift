@@ -104,6 +104,20 @@ struct KafkaGroupAndFailureTests {
         await producer.close()
     }
 
+    @Test("a consumer whose brokers are all gone still closes, giving up on the group after its close timeout instead of hanging")
+    func closeWithoutBrokers() async throws {
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 2)
+        let producer = try kafka.producer()
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        try await producer.send(batch: (0..<5).map { OutgoingMessage(topic: topic, value: Array(String($0).utf8)) })
+        _ = try await within(30, "messages before the outage") { try await collect(consumer, count: 5) }
+        await producer.close()
+
+        kafka.cluster.setAllDown()
+        try await within(60, "close with every broker down") { await consumer.close(timeout: .seconds(2)) }
+    }
+
     @Test("transaction calls succeed against the embedded broker")
     func transactions() async throws {
         let kafka = try KafkaFixture()
