@@ -3,6 +3,9 @@ import Dispatch
 import Logging
 import ServiceLifecycle
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A Kafka producer whose `send` returns once the broker acknowledged the message.
 ///
@@ -54,7 +57,7 @@ public final class KafkaProducer: Service, Sendable {
     public func send(_ message: OutgoingMessage) async throws(KafkaError) -> DeliveryReport {
         let ticket = DeliveryTicket(wantsReport: true)
         try await enqueue(message, topic: try topicHandle(message.topic), ticket: ticket)
-        let outcome = await ticket.wait()
+        let outcome = await ticket.wait(topic: message.topic)
         if let error = outcome.firstError { throw error }
         guard let report = outcome.lastReport else { throw .closed("no delivery report") }
         return report
@@ -92,7 +95,11 @@ public final class KafkaProducer: Service, Sendable {
     /// Tries to hand one message to librdkafka. Returns `false` when its queue is full.
     /// `reserved`: the caller already counted this message on the ticket.
     func offer(_ message: OutgoingMessage, topic: RDKafkaTopic, ticket: DeliveryTicket, reserved: Bool = false) throws(KafkaError) -> Bool {
-        guard !context.stopping.load(ordering: .relaxed) else { throw .closed() }
+        // `close` waits for offers under way before it serves the last reports, so no
+        // message reaches librdkafka after that and waits for a report forever.
+        context.offering.add(1, ordering: .sequentiallyConsistent)
+        defer { context.offering.subtract(1, ordering: .sequentiallyConsistent) }
+        guard !context.stopping.load(ordering: .sequentiallyConsistent) else { throw .closed() }
         if !reserved { ticket.expectOne() }
         let err = produce(message, topic: topic, ticket: ticket)
         switch err {
@@ -222,7 +229,7 @@ public final class KafkaProducer: Service, Sendable {
                 try? await Task.sleep(for: .milliseconds(20))
             }
         }
-        context.stopping.store(true, ordering: .releasing)
+        context.stopping.store(true, ordering: .sequentiallyConsistent)
         context.wakeSpaceWaiters()
         let handle = self.handle, context = self.context
         let cached = topics.withLock { cache in
@@ -231,6 +238,14 @@ public final class KafkaProducer: Service, Sendable {
         }
         _ = try? await blocking.run {
             context.pollThreadExited.wait()
+            // A send that passed its check as the flush ended (a service cancelled rather
+            // than shut down gracefully closes its producer while its stage still sends)
+            // must still get a report, or it waits forever: fail what is left, serve it here.
+            while context.offering.load(ordering: .sequentiallyConsistent) > 0 { usleep(100) }
+            if rd_kafka_outq_len(handle.pointer) > 0 {
+                rd_kafka_purge(handle.pointer, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+                for _ in 0..<500 where rd_kafka_outq_len(handle.pointer) > 0 { rd_kafka_poll(handle.pointer, 10) }
+            }
             cached.forEach { rd_kafka_topic_destroy($0.pointer) }
             rd_kafka_destroy(handle.pointer)
         }
@@ -300,6 +315,8 @@ struct RDKafkaTopic: @unchecked Sendable {
 /// State shared between the producer, its poll thread and librdkafka callbacks.
 final class ProducerContext: ClientContext, @unchecked Sendable {
     private let spaceWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
+    /// Offers between their `stopping` check and librdkafka taking the message.
+    let offering = Atomic<Int>(0)
 
     func waitForSpace() async {
         await withCheckedContinuation { continuation in
@@ -334,7 +351,6 @@ final class DeliveryTicket: Sendable {
     let wantsReport: Bool
     private let lastPartition = Atomic<Int32>(-1)
     private let lastOffset = Atomic<Int64>(-1)
-    private let lastTopic = Atomic<UInt>(0)
     private let state = Mutex<(outcome: Outcome, continuation: CheckedContinuation<Outcome, Never>?)>((Outcome(), nil))
 
     init(wantsReport: Bool = false) { self.wantsReport = wantsReport }
@@ -348,11 +364,10 @@ final class DeliveryTicket: Sendable {
     func unreserve(_ count: Int) { if count > 0 { pending.subtract(count, ordering: .relaxed) } }
 
     /// Called on the poll thread for each delivered message.
-    func delivered(partition: Int32, offset: Int64, topic: OpaquePointer?) {
+    func delivered(partition: Int32, offset: Int64) {
         if wantsReport {
             lastPartition.store(partition, ordering: .relaxed)
             lastOffset.store(offset, ordering: .relaxed)
-            lastTopic.store(UInt(bitPattern: topic.map { Int(bitPattern: UnsafeRawPointer($0)) } ?? 0), ordering: .relaxed)
         }
         release()
     }
@@ -379,14 +394,15 @@ final class DeliveryTicket: Sendable {
     }
 
     /// Waits for every enqueued message's report.
-    func wait() async -> Outcome {
+    /// `topic`: the name for the report (the sender's; the topic handle may be gone by now,
+    /// destroyed by a `close` that raced this send).
+    func wait(topic: String? = nil) async -> Outcome {
         var outcome = await withCheckedContinuation { continuation in
             state.withLock { $0.continuation = continuation }
             release()  // drop the sender's guard count
         }
-        if outcome.firstError == nil, lastPartition.load(ordering: .relaxed) >= 0,
-           let topic = OpaquePointer(bitPattern: lastTopic.load(ordering: .relaxed)) {
-            outcome.lastReport = DeliveryReport(topic: String(cString: rd_kafka_topic_name(topic)),
+        if outcome.firstError == nil, lastPartition.load(ordering: .relaxed) >= 0, let topic {
+            outcome.lastReport = DeliveryReport(topic: topic,
                                                 partition: lastPartition.load(ordering: .relaxed),
                                                 offset: lastOffset.load(ordering: .relaxed))
         }
@@ -400,7 +416,7 @@ private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointe
     let ticket = Unmanaged<DeliveryTicket>.fromOpaque(opaque).takeUnretainedValue()
     let m = message.pointee
     if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-        ticket.delivered(partition: m.partition, offset: m.offset, topic: m.rkt)
+        ticket.delivered(partition: m.partition, offset: m.offset)
     } else {
         ticket.failed(KafkaError(rdkafka: m.err))
     }
