@@ -179,15 +179,21 @@ public final class KafkaProducer: Service, Sendable {
     }
 
     func topicHandle(_ name: String) throws(KafkaError) -> RDKafkaTopic {
-        let result: RDKafkaTopic? = topics.withLock { cache in
+        let result: RDKafkaTopic?? = topics.withLock { cache in
             if let topic = cache[name] { return topic }
+            // `close` empties the cache under this lock after setting `stopping`: checked here,
+            // no topic is created on a handle that is being destroyed.
+            guard !context.stopping.load(ordering: .sequentiallyConsistent) else { return .some(nil) }
             guard let pointer = rd_kafka_topic_new(handle.pointer, name, nil) else { return nil }
             let topic = RDKafkaTopic(pointer: pointer)
             cache[name] = topic
             return topic
         }
-        guard let result else { throw KafkaError(rdkafka: rd_kafka_last_error()) }
-        return result
+        switch result {
+        case .some(.some(let topic)): return topic
+        case .some(.none): throw .closed()
+        case .none: throw KafkaError(rdkafka: rd_kafka_last_error())
+        }
     }
 
     /// Whether a broker answers a metadata request on this client's existing
