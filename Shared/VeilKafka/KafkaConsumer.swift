@@ -260,6 +260,8 @@ public final class KafkaConsumer: Sendable {
                 // (rd_kafka_destroy closes it again) or, with NO_CONSUMER_CLOSE, spins
                 // librdkafka's main thread (2.0.2, coordinator unreachable): both seen here.
                 // The handle is left to the process; the group drops the member by session timeout.
+                // Its threads still log through the context (the handle's opaque): keep that alive too.
+                _ = Unmanaged.passRetained(context)
                 logger.warning("consumer left open after its close timed out")
             }
         }
