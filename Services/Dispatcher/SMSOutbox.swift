@@ -85,6 +85,13 @@ public struct SMSOutbox: Sendable {
             """, logger: logger)
     }
 
+    enum Outcome: String { case sent, retried, failed }
+
+    /// `veil_sms_total{outcome}` on the dispatcher's `/metrics`.
+    private func count(_ outcome: Outcome) {
+        metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", outcome.rawValue))
+    }
+
     /// Tells the relay that something was queued.
     func wake() { signal.yield() }
 
@@ -126,7 +133,7 @@ public struct SMSOutbox: Sendable {
                     UPDATE \(unescaped: outbox) SET sent_at = now(), attempts = attempts + 1, message_sealed = '\\x'::bytea, last_error = NULL
                     WHERE id = \(id)
                     """, logger: logger)
-                metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", "sent"))
+                count(.sent)
                 return (true, nil)
             }
             let attempt = Int(attempts) + 1
@@ -138,7 +145,7 @@ public struct SMSOutbox: Sendable {
                 try await desk.insertMessage(requestID, sender: "system", agentID: nil,
                                              text: "An SMS to the customer could not be delivered after \(attempt) attempts (\(failure)).",
                                              id: UUID(), on: connection)
-                metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", "failed"))
+                count(.failed)
                 logger.error("SMS given up", metadata: ["sms.id": "\(id)", "request.id": "\(requestID)", "attempts": "\(attempt)",
                                                         "error": "\(failure)"])
                 return (true, requestID)
@@ -149,7 +156,7 @@ public struct SMSOutbox: Sendable {
                     next_attempt_at = now() + make_interval(secs => \(pause))
                 WHERE id = \(id)
                 """, logger: logger)
-            metrics.count("sms", help: "SMS sent, retried and given up, by outcome", label: ("outcome", "retried"))
+            count(.retried)
             logger.warning("SMS not delivered; will retry", metadata: ["sms.id": "\(id)", "attempt": "\(attempt)", "error": "\(failure)"])
             return (true, nil)
         }

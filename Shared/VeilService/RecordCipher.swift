@@ -16,10 +16,8 @@ public enum RecordCipher {
 
     /// Seals a record's JSON as `ContractCoding` encoded it.
     public static func seal(json: [UInt8], with recordKey: VersionedKey) throws -> EncryptedRecord {
-        let dataKey = VersionedKey.generate(version: 0)
-        let ciphertext = try dataKey.seal(json, aad: recordAAD)
-        let wrapped = try recordKey.seal(dataKey.rawBytes, aad: dataKeyAAD)
-        return EncryptedRecord(recordKeyVersion: recordKey.version, wrappedDataKey: Data(wrapped), ciphertext: Data(ciphertext))
+        var random = RandomBytes(capacity: 56)
+        return try seal(json: json, with: recordKey, random: &random)
     }
 
     /// `seal(json:with:)` drawing the data key and both nonces (56 bytes) from `random`.
