@@ -18,39 +18,138 @@ import VeilStore
 /// Every ingress replica reads every reply (`PosReplyFollower`, a consumer group of its
 /// own), so the replica that holds the HTTP request is the one that answers it; the
 /// others find no waiter and drop the reply.
+///
+/// A waiter is one continuation in a table, and one sweeper (`expireOverdue`, run by the
+/// follower every `sweepInterval`) times out the overdue ones, so a lookup costs no task
+/// group, stream or timer of its own (those were a dispatch timer armed and cancelled per
+/// lookup, one `epoll_ctl` each, on the till's hot path).
 final class PendingLookups: Sendable {
-    private let waiting = Mutex<[String: AsyncStream<HouseholdAnswer>.Continuation]>([:])
+    private enum Slot {
+        /// Registered before the lookup is published, so a fast reply is kept, not lost.
+        case published(deadline: ContinuousClock.Instant)
+        case answered(HouseholdAnswer)
+        case waiting(CheckedContinuation<HouseholdAnswer?, Never>, deadline: ContinuousClock.Instant)
+    }
+    private struct State {
+        var slots: [String: Slot] = [:]
+        /// Set when the sweeper stops (shutdown): later lookups are answered `nil` at once.
+        var closed = false
+    }
+    private let state = Mutex(State())
+    /// How often overdue lookups are looked for: a lookup times out at most this late.
+    let sweepInterval: Duration
+
+    init(sweepInterval: Duration = .milliseconds(10)) {
+        self.sweepInterval = sweepInterval
+    }
 
     /// Registers `id`, runs `send` (which publishes the lookup), and waits for the reply
-    /// until `timeout`; `nil` when the vault did not answer in time.
+    /// until `timeout`; `nil` when the vault did not answer in time or the request was cancelled.
     func exchange(_ id: String, timeout: Duration, send: () async throws -> Void) async throws -> HouseholdAnswer? {
-        let (stream, continuation) = AsyncStream<HouseholdAnswer>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        waiting.withLock { $0[id] = continuation }
-        defer { waiting.withLock { _ = $0.removeValue(forKey: id) }; continuation.finish() }
-        try await send()
-        return await withTaskGroup(of: HouseholdAnswer?.self) { group in
-            group.addTask { await stream.first { _ in true } }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
+        let deadline = ContinuousClock.now + timeout
+        guard state.withLock({ state in
+            guard !state.closed else { return false }
+            state.slots[id] = .published(deadline: deadline)
+            return true
+        }) else { return nil }
+        do {
+            try await send()
+        } catch {
+            state.withLock { _ = $0.slots.removeValue(forKey: id) }
+            throw error
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let answered: HouseholdAnswer?? = state.withLock { state in
+                    switch state.slots[id] {
+                    case .answered(let answer):
+                        state.slots.removeValue(forKey: id)
+                        return .some(answer)
+                    case .published:
+                        if Task.isCancelled || state.closed {
+                            state.slots.removeValue(forKey: id)
+                            return .some(nil)
+                        }
+                        state.slots[id] = .waiting(continuation, deadline: deadline)
+                        return .none
+                    case .waiting, nil:
+                        return .some(nil)  // expired by the sweeper while publishing
+                    }
+                }
+                if let answered { continuation.resume(returning: answered) }
             }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            continuation.finish()
-            return first
+        } onCancel: {
+            resume(id, with: nil)
         }
     }
 
     /// Hands a reply to its waiter; false when nobody here waits for it (another replica's, or too late).
     @discardableResult
     func deliver(_ answer: HouseholdAnswer) -> Bool {
-        guard let continuation = waiting.withLock({ $0.removeValue(forKey: answer.lookupId) }) else { return false }
-        continuation.yield(answer)
-        continuation.finish()
-        return true
+        let id = answer.lookupId
+        let outcome: (known: Bool, waiter: CheckedContinuation<HouseholdAnswer?, Never>?) = state.withLock { state in
+            switch state.slots[id] {
+            case .published:
+                state.slots[id] = .answered(answer)
+                return (true, nil)
+            case .waiting(let continuation, _):
+                state.slots.removeValue(forKey: id)
+                return (true, continuation)
+            case .answered, nil:
+                return (false, nil)
+            }
+        }
+        outcome.waiter?.resume(returning: answer)
+        return outcome.known
     }
 
-    var count: Int { waiting.withLock { $0.count } }
+    /// Answers `nil` to every lookup whose deadline has passed; returns how many.
+    @discardableResult
+    func expireOverdue(now: ContinuousClock.Instant = .now) -> Int {
+        expire { $0 <= now }
+    }
+
+    /// Times out overdue lookups every `sweepInterval` until the task is cancelled, then
+    /// answers every waiting lookup `nil` and refuses new ones (nobody will read replies).
+    func sweep() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: sweepInterval)
+            expireOverdue()
+        }
+        state.withLock { $0.closed = true }
+        expire { _ in true }
+    }
+
+    private func expire(where overdue: (ContinuousClock.Instant) -> Bool) -> Int {
+        let expired: [CheckedContinuation<HouseholdAnswer?, Never>] = state.withLock { state in
+            var expired: [CheckedContinuation<HouseholdAnswer?, Never>] = []
+            for (id, slot) in state.slots {
+                switch slot {
+                case .waiting(let continuation, let deadline) where overdue(deadline):
+                    expired.append(continuation)
+                    state.slots.removeValue(forKey: id)
+                case .published(let deadline) where overdue(deadline):
+                    state.slots.removeValue(forKey: id)  // its exchange finds it gone and answers nil
+                default:
+                    break
+                }
+            }
+            return expired
+        }
+        expired.forEach { $0.resume(returning: nil) }
+        return expired.count
+    }
+
+    private func resume(_ id: String, with answer: HouseholdAnswer?) {
+        let waiter: CheckedContinuation<HouseholdAnswer?, Never>? = state.withLock { state in
+            guard case .waiting(let continuation, _) = state.slots[id] else { return nil }
+            state.slots.removeValue(forKey: id)
+            return continuation
+        }
+        waiter?.resume(returning: answer)
+    }
+
+    var count: Int { state.withLock { $0.slots.count } }
 }
 
 /// Reads `veil.pos.lookups.replies.v1` from the end with a consumer group of this
@@ -79,7 +178,9 @@ struct PosReplyFollower: Service {
     var isAssigned: Bool { !consumer.assignment.isEmpty }
 
     func run() async throws {
-        let consumer = self.consumer
+        let consumer = self.consumer, pending = self.pending
+        let sweeper = Task { await pending.sweep() }
+        defer { sweeper.cancel() }
         try await withGracefulShutdownHandler {
             while let batch = try await consumer.nextBatch() {
                 for (message, result) in zip(batch, await codec.verify(batch)) {

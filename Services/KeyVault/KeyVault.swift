@@ -153,7 +153,7 @@ struct RecordFiling: Sendable {
         let batchKeys = BatchKeys(kT: kT, archive: archive, recordKey: recordKey, match: keys.usable(.match))
         // The per-record hashing and sealing runs on every core.
         let valid = records.filter { $0.pseudonym.count == 32 }
-        let chunkSize = max(64, valid.count / max(1, ProcessInfo.processInfo.activeProcessorCount))
+        let chunkSize = max(64, valid.count / Cores.active)
         let computed = try await withThrowingTaskGroup(of: (Int, [Row]).self) { group in
             for start in stride(from: 0, to: valid.count, by: chunkSize) {
                 let chunk = valid[start..<min(start + chunkSize, valid.count)]

@@ -1,4 +1,5 @@
 import Foundation
+import VeilCore
 
 /// Runs a CPU-bound transform over a batch in a task group, on contiguous
 /// chunks (a few per core, so that a core that finishes early takes the next
@@ -7,7 +8,7 @@ enum ParallelBatch {
     static func map<Item: Sendable, Output: Sendable>(
         _ items: [Item], _ transform: @escaping @Sendable (Item) -> Output
     ) async -> [Output] {
-        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        let cores = Cores.active
         guard items.count > 1, cores > 1 else { return items.map(transform) }
         let chunks = min(items.count, cores * 4)
         let chunkSize = (items.count + chunks - 1) / chunks
