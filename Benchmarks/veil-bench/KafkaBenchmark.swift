@@ -98,7 +98,8 @@ struct KafkaBenchmark: AsyncParsableCommand {
                 + String(format: "     (medians: C %.2f s, Veil %.2f s, ratio %.2f)", median(c), median(veil), median(c) / median(veil))
         }
         print("")
-        print("best of \(rounds) rounds: plain librdkafka (C)   VeilKafka                     ratio (target >= 0.90)")
+        print("best of \(rounds) rounds")
+        print("             plain librdkafka (C)          VeilKafka                     ratio (target >= 0.90)")
         print(line("produce", times.cProduce, times.veilProduce))
         print(line("consume", times.cConsume, times.veilConsume))
         withExtendedLifetime(embedded) {}
