@@ -218,11 +218,14 @@ struct GrantPublisher: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try? await Task.sleep(for: refresh)
+                guard !Task.isCancelled else { break }  // shutting down: not a failed refresh
                 do {
                     if try await store.reload() {
                         context.logger.notice("vault key versions changed; granting again")
                         try await publish()
                     }
+                } catch is CancellationError {
+                    break
                 } catch {
                     context.logger.error("vault key refresh failed", metadata: ["error": "\(safeDescription(error))"])
                 }

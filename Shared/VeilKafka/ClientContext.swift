@@ -14,7 +14,25 @@ class ClientContext: @unchecked Sendable {
     /// Signalled by the poll thread as its last act.
     let pollThreadExited = DispatchSemaphore(value: 0)
 
+    /// Consumer positions librdkafka reset because they fell out of the log (retention
+    /// removed messages before this member read them), per partition, since start.
+    let offsetResets = Mutex<[TopicPartition: Int]>([:])
+
     init(logger: Logger) { self.logger = logger }
+
+    /// librdkafka logs (at warning level, facility `OFFSET`) every reset caused by an
+    /// error, as `[thrd:main]: <topic> [<partition>]: offset reset (at offset …) to …: <reason>`;
+    /// a reset for a group's first read (no committed offset) is only debug-logged.
+    func noteOffsetReset(_ text: String) -> TopicPartition? {
+        guard let reset = text.range(of: "]: offset reset") else { return nil }
+        var head = text[..<reset.lowerBound]  // "[thrd:main]: <topic> [<partition>"
+        if head.hasPrefix("[thrd:"), let thread = head.range(of: "]: ") { head = head[thread.upperBound...] }
+        guard let bracket = head.range(of: " [", options: .backwards),
+              let partition = Int32(head[bracket.upperBound...]) else { return nil }
+        let tp = TopicPartition(topic: String(head[..<bracket.lowerBound]), partition: partition)
+        offsetResets.withLock { $0[tp, default: 0] += 1 }
+        return tp
+    }
 }
 
 /// librdkafka's own log lines, routed into swift-log (and so into Veil's JSON logs).
@@ -28,6 +46,12 @@ let rdkafkaLogCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CCh
     case 4: .warning
     case 5, 6: .info
     default: .debug
+    }
+    if facilityText == "OFFSET", level <= 4, text.contains("offset reset"), let tp = context.noteOffsetReset(text) {
+        // Messages between the old position and the log start were never processed here.
+        context.logger.warning("consumer position fell out of the log: messages skipped", metadata: [
+            "kafka.event": "offset_reset", "topic": "\(tp.topic)", "partition": "\(tp.partition)", "rdkafka.message": "\(text)"])
+        return
     }
     context.logger.log(level: swiftLevel, "\(text)", metadata: ["rdkafka.facility": "\(facilityText)"])
 }

@@ -47,8 +47,9 @@ public struct KafkaAdmin: Sendable {
     }
 
     private func withClient<T: Sendable>(_ body: @escaping @Sendable (OpaquePointer) throws(KafkaError) -> T) async throws(KafkaError) -> T {
-        var properties = configuration.baseProperties
+        var properties = configuration.baseProperties(for: .producer)
         properties["allow.auto.create.topics"] = "false"
+        properties["log_level"] = configuration.properties["log_level"] ?? "3"  // no log callback here: errors only, to stderr
         let conf = try makeRDKafkaConf(properties)
         let rk = RDKafkaHandle(try makeRDKafka(RD_KAFKA_PRODUCER, conf: conf))
         return try await BlockingCalls(label: "veil.kafka.admin").run { () throws(KafkaError) in

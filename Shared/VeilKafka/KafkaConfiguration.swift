@@ -21,9 +21,35 @@ public struct KafkaConfiguration: Sendable {
         var all = properties
         all["bootstrap.servers"] = bootstrapServers
         all["client.id"] = clientID
-        all["log_level"] = all["log_level"] ?? "3"
+        // Warnings included: librdkafka reports at this level what an operator must see,
+        // such as a consumer whose position fell out of the log (an offset reset, counted
+        // by `KafkaConsumer.offsetResets`) or one that left its group by max.poll.interval.
+        all["log_level"] = all["log_level"] ?? "4"
         return all
     }
+
+    /// The shared properties minus those only the other kind of client understands, which
+    /// librdkafka would otherwise warn about ("CONFWARN … will be ignored") at every start:
+    /// `KAFKA_FETCH_WAIT_MAX_MS` and `KAFKA_LINGER_MS` reach every client of a service.
+    func baseProperties(for type: ClientType) -> [String: String] {
+        let foreign = type == .consumer ? Self.producerOnly : Self.consumerOnly
+        return baseProperties.filter { !foreign.contains($0.key) }
+    }
+
+    enum ClientType { case producer, consumer }
+
+    static let consumerOnly: Set<String> = [
+        "fetch.wait.max.ms", "fetch.min.bytes", "fetch.max.bytes", "max.partition.fetch.bytes", "fetch.error.backoff.ms",
+        "queued.min.messages", "queued.max.messages.kbytes", "isolation.level", "auto.offset.reset", "session.timeout.ms",
+        "heartbeat.interval.ms", "max.poll.interval.ms", "partition.assignment.strategy", "group.instance.id",
+        "enable.partition.eof", "check.crcs",
+    ]
+    static let producerOnly: Set<String> = [
+        "linger.ms", "queue.buffering.max.ms", "batch.num.messages", "batch.size", "compression.type", "compression.codec",
+        "acks", "request.required.acks", "enable.idempotence", "message.timeout.ms", "delivery.timeout.ms",
+        "queue.buffering.max.messages", "queue.buffering.max.kbytes", "retries", "message.send.max.retries",
+        "retry.backoff.ms", "transactional.id", "transaction.timeout.ms",
+    ]
 }
 
 /// Producer settings. Idempotence (acks=all, no duplicates from internal retries) is on by default.
@@ -44,7 +70,7 @@ public struct ProducerConfiguration: Sendable {
     public init(kafka: KafkaConfiguration) { self.kafka = kafka }
 
     var properties: [String: String] {
-        var p = kafka.baseProperties
+        var p = kafka.baseProperties(for: .producer)
         p["enable.idempotence"] = idempotent ? "true" : "false"
         if idempotent { p["acks"] = "all" }
         p["linger.ms"] = p["linger.ms"] ?? String(lingerMilliseconds)
@@ -85,7 +111,7 @@ public struct ConsumerConfiguration: Sendable {
     }
 
     var properties: [String: String] {
-        var p = kafka.baseProperties
+        var p = kafka.baseProperties(for: .consumer)
         p["group.id"] = groupID
         p["auto.offset.reset"] = offsetReset.rawValue
         p["enable.auto.offset.store"] = "false"

@@ -219,6 +219,14 @@ public final class KafkaConsumer: Sendable {
         return result
     }
 
+    /// How many times librdkafka moved this member's position because it was no longer in
+    /// the log (the broker's retention removed messages before they were read; they were
+    /// skipped), per partition, since the consumer started. Each reset is also logged as a
+    /// warning with `kafka.event=offset_reset`.
+    public func offsetResets() -> [TopicPartition: Int] {
+        context.offsetResets.withLock { $0 }
+    }
+
     /// Group metadata, for `KafkaProducer.sendOffsetsToTransaction`.
     func withGroupMetadata<R>(_ body: (OpaquePointer) throws(KafkaError) -> R) throws(KafkaError) -> R {
         guard let metadata = rd_kafka_consumer_group_metadata(handle.pointer) else {

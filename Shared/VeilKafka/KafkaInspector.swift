@@ -135,7 +135,9 @@ public struct KafkaInspector: Sendable {
 
     private func withClient<T: Sendable>(_ type: rd_kafka_type_t, properties extra: [String: String],
                                          _ body: @escaping @Sendable (OpaquePointer) throws(KafkaError) -> T) async throws(KafkaError) -> T {
-        let properties = configuration.baseProperties.merging(extra) { $1 }
+        var settings = configuration.baseProperties(for: type == RD_KAFKA_CONSUMER ? .consumer : .producer).merging(extra) { $1 }
+        settings["log_level"] = configuration.properties["log_level"] ?? "3"  // no log callback here: errors only, to stderr
+        let properties = settings
         return try await blocking.run { () throws(KafkaError) in
             let rk = try makeRDKafka(type, conf: try makeRDKafkaConf(properties))
             defer {

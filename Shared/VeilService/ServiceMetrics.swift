@@ -14,6 +14,7 @@ public final class ServiceMetrics: Sendable {
     private let counters = Mutex<[String: Counter]>([:])
     private let histograms = Mutex<[String: DurationHistogram]>([:])
     private let gauges = Mutex<[String: Gauge]>([:])
+    private let reportedResets = Mutex<[TopicPartition: Int]>([:])
 
     private func counter(_ descriptor: MetricNameDescriptor, _ label: (String, String)? = nil) -> Counter {
         let key = descriptor.metricName + "|" + (label?.1 ?? "")
@@ -94,6 +95,24 @@ public final class ServiceMetrics: Sendable {
                 gauges[tp] = gauge
                 gauge.set(Double(value))
             }
+        }
+    }
+
+    /// A consumer's offset resets so far (`KafkaConsumer.offsetResets()`, cumulative):
+    /// `veil_consumer_offset_resets_total{topic}` grows by what is new since the last call.
+    /// Any increase means messages were skipped: the consumer fell behind the broker's retention.
+    public func recordOffsetResets(_ resets: [TopicPartition: Int]) {
+        let new: [(String, Int)] = reportedResets.withLock { reported in
+            var new: [(String, Int)] = []
+            for (tp, total) in resets where total > reported[tp, default: 0] {
+                new.append((tp.topic, total - reported[tp, default: 0]))
+                reported[tp] = total
+            }
+            return new
+        }
+        for (topic, delta) in new {
+            count("consumer_offset_resets", help: "Consumer positions reset because they fell out of the log (messages skipped)",
+                  label: ("topic", topic), by: delta)
         }
     }
 

@@ -197,6 +197,41 @@ struct KafkaGroupAndFailureTests {
         let created = try await admin.ensureTopics([TopicSpecification(name: topic, partitions: 5)])
         #expect(created.isEmpty)
     }
+
+    @Test("a member that fell behind the broker's retention: the skip is counted per partition and logged as a warning, and reading goes on from the log start")
+    func positionOutOfTheLog() async throws {
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 1)
+        let producer = try kafka.producer()
+        try await producer.send(batch: (0..<10).map { OutgoingMessage(topic: topic, value: Array("early \($0)".utf8)) })
+        let first = try kafka.consumer(group: "g", topics: [topic])
+        _ = try await within(30, "the first ten") { try await collect(first, count: 10) }
+        try await first.commit()
+        await first.close()
+        #expect(first.offsetResets().isEmpty, "reading from a committed offset in the log resets nothing")
+
+        // While the group is away, 8 MB arrive: the embedded broker keeps 5 MB per
+        // partition and drops the oldest message sets, so offset 10 leaves the log.
+        let payload = [UInt8](repeating: UInt8(ascii: "x"), count: 1_024)
+        try await producer.send(batch: (0..<8_000).map { _ in OutgoingMessage(topic: topic, value: payload) })
+        await producer.close()
+
+        let logs = RecordedLogs()
+        let second = try KafkaConsumer(configuration: {
+            var configuration = ConsumerConfiguration(kafka: kafka.kafka, groupID: "g", topics: [topic])
+            configuration.sessionTimeoutMilliseconds = 6_000
+            return configuration
+        }(), logger: logs.logger())
+        let resumed = try await within(60, "reading after the reset") { try await collect(second, count: 1) }
+        let tp = TopicPartition(topic: topic, partition: 0)
+        #expect(resumed.first.map { $0.offset > 10 } == true, "the messages between offset 10 and the new log start are gone")
+        #expect(second.offsetResets() == [tp: 1])
+        let warnings = logs.all.filter { $0.level == .warning && $0.metadata["kafka.event"] == "offset_reset" }
+        #expect(warnings.count == 1)
+        #expect(warnings.first?.metadata["topic"] == topic)
+        #expect(warnings.first?.metadata["partition"] == "0")
+        await second.close()
+    }
 }
 
 final class Flag: Sendable {

@@ -83,6 +83,31 @@ struct KafkaRoundTripTests {
         await producer.close()
     }
 
+    @Test("a service's shared properties reach only the clients that understand them: no \"will be ignored\" warnings at start")
+    func propertiesByClientType() async throws {
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 1)
+        let shared = KafkaConfiguration(bootstrapServers: kafka.cluster.bootstrapServers, clientID: "t",
+                                        properties: ["fetch.wait.max.ms": "5", "linger.ms": "1"])
+        let producerConfiguration = ProducerConfiguration(kafka: shared)
+        let consumerConfiguration = ConsumerConfiguration(kafka: shared, groupID: "g", topics: [topic])
+        #expect(producerConfiguration.properties["linger.ms"] == "1")
+        #expect(producerConfiguration.properties["fetch.wait.max.ms"] == nil)
+        #expect(consumerConfiguration.properties["fetch.wait.max.ms"] == "5")
+        #expect(consumerConfiguration.properties["linger.ms"] == nil)
+        #expect(consumerConfiguration.properties["log_level"] == "4", "warnings such as offset resets reach the log")
+
+        let logs = RecordedLogs()
+        let producer = try KafkaProducer(configuration: producerConfiguration, logger: logs.logger())
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logs.logger())
+        _ = try await producer.send(OutgoingMessage(topic: topic, value: "one".bytes))
+        _ = try await within(30, "the message") { try await collect(consumer, count: 1) }
+        await consumer.close()
+        await producer.close()
+        let ignored = logs.all.filter { $0.message.contains("will be ignored") }
+        #expect(ignored.isEmpty, "\(ignored.map(\.message))")
+    }
+
     @Test("an invalid librdkafka property is a configuration error naming it")
     func badConfiguration() throws {
         var configuration = ProducerConfiguration(kafka: KafkaConfiguration(bootstrapServers: "127.0.0.1:1",

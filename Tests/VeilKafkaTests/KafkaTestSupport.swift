@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import Testing
 @testable import VeilKafka
 
@@ -68,4 +69,37 @@ func collect(_ consumer: KafkaConsumer, count: Int, mark: Bool = true) async thr
 
 extension String {
     var bytes: [UInt8] { Array(utf8) }
+}
+
+/// Keeps every log record it is given, for tests that check what was logged.
+final class RecordedLogs: Sendable {
+    struct Record: Sendable {
+        let level: Logger.Level
+        let message: String
+        let metadata: [String: String]
+    }
+    private let records = Mutex<[Record]>([])
+
+    var all: [Record] { records.withLock { $0 } }
+
+    func logger(label: String = "recorded") -> Logger {
+        Logger(label: label) { _ in Handler(logs: self) }
+    }
+
+    struct Handler: LogHandler {
+        let logs: RecordedLogs
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
+                 source: String, file: String, function: String, line: UInt) {
+            let merged = self.metadata.merging(explicit ?? [:]) { $1 }.mapValues { "\($0)" }
+            logs.records.withLock { $0.append(Record(level: level, message: "\(message)", metadata: merged)) }
+        }
+    }
 }

@@ -17,6 +17,25 @@ struct ServiceRuntimeTests {
         "VEIL_KEYS_DIR": "/run/secrets/veil",
     ]
 
+    @Test("offset resets reach /metrics as a counter per topic that grows by what is new, whatever the consumer reports cumulatively")
+    func offsetResetCounter() {
+        let metrics = ServiceMetrics()
+        func value(_ topic: String) -> String? {
+            String(decoding: metrics.render(), as: UTF8.self).split(separator: "\n")
+                .first { $0.hasPrefix("veil_consumer_offset_resets_total{topic=\"\(topic)\"}") }
+                .map { String($0.split(separator: " ").last!) }
+        }
+        metrics.recordOffsetResets([:])
+        #expect(value("a") == nil, "no reset, no series")
+        metrics.recordOffsetResets([TopicPartition(topic: "a", partition: 0): 1])
+        metrics.recordOffsetResets([TopicPartition(topic: "a", partition: 0): 1])  // the same reset, reported again
+        #expect(value("a") == "1")
+        metrics.recordOffsetResets([TopicPartition(topic: "a", partition: 0): 2, TopicPartition(topic: "a", partition: 3): 1,
+                                    TopicPartition(topic: "b", partition: 1): 4])
+        #expect(value("a") == "3")
+        #expect(value("b") == "4")
+    }
+
     @Test("a complete environment loads with defaults")
     func loadsDefaults() throws {
         let configuration = try ServiceConfiguration.load(service: .matcher, environment: complete)
