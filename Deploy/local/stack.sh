@@ -31,6 +31,7 @@ pg_up() {
   as_postgres "$pgbin/createdb" -h "$data" -p "$port" -U postgres veil
   echo "$pgbin" > "$state/pg.bin"
   echo "export DATABASE_URL=postgres://postgres:veil-dev@127.0.0.1:$port/veil" >> "$envfile"
+  echo "export VEIL_EMBEDDED_PG=1" >> "$envfile"
   echo "==> PostgreSQL on 127.0.0.1:$port (data in $data)"
 }
 
@@ -50,7 +51,20 @@ broker_up() {
   echo "==> embedded Kafka broker at $(cat "$addr")"
 }
 
+# A DATABASE_URL / KAFKA_BROKERS that this script itself wrote last time (someone sourced
+# an old stack.env) names a stack `down` is about to stop, not an external one: forget it.
+forget_own_stack() {
+  [ -f "$envfile" ] || return 0
+  local previous
+  previous=$(sed -n 's/^export DATABASE_URL=//p' "$envfile")
+  if [ -n "${DATABASE_URL:-}" ] && [ "$DATABASE_URL" = "$previous" ] && grep -q '^export VEIL_EMBEDDED_PG=1' "$envfile"; then unset DATABASE_URL; fi
+  previous=$(sed -n 's/^export KAFKA_BROKERS=//p' "$envfile")
+  if [ -n "${KAFKA_BROKERS:-}" ] && [ "$KAFKA_BROKERS" = "$previous" ] && grep -q '^export VEIL_EMBEDDED_BROKER=1' "$envfile"; then unset KAFKA_BROKERS; fi
+  return 0
+}
+
 up() {
+  forget_own_stack
   down quiet
   : > "$envfile"
   if [ -n "${DATABASE_URL:-}" ]; then echo "export DATABASE_URL=$DATABASE_URL" >> "$envfile"; echo "==> using DATABASE_URL from the environment"; else pg_up; fi
