@@ -20,7 +20,7 @@ extension PipelineSuites {
 
         /// `POST` JSON to the dispatcher with a bearer token.
         static func post(_ port: Int, _ path: String, _ body: [String: Any], token: String) async throws -> (Int, Data) {
-            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!, timeoutInterval: 30)
             request.httpMethod = "POST"
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")

@@ -279,18 +279,27 @@ final class PipelineWorld: Sendable {
     }
 }
 
-/// A TCP port nobody listens on right now.
+/// A TCP port nobody listens on right now, for a server a test starts itself, chosen
+/// below the kernel's ephemeral range (32768–60999 here). A port the kernel handed out
+/// (bind to 0) can be handed out again, before the test's server binds it, to one of the
+/// mock brokers or clients that other tests start at the same time; a test's HTTP request
+/// would then reach a server that never answers HTTP. (A CI run hung for 11 minutes in a
+/// test's first request to the dispatcher's console port; this is the likeliest cause,
+/// not a proven one.)
 func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    for _ in 0..<200 {
+        let candidate = Int.random(in: 20_000..<32_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(candidate).bigEndian
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 }
+        }
+        if bound { return candidate }
     }
-    guard bound else { throw DatabaseError(code: "test.port", reason: "no free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    throw DatabaseError(code: "test.port", reason: "no free port below the ephemeral range")
 }
