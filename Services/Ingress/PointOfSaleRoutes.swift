@@ -79,7 +79,7 @@ final class PendingLookups: Sendable {
                 if let answered { continuation.resume(returning: answered) }
             }
         } onCancel: {
-            cancel(id)
+            resume(id, with: nil)
         }
     }
 
@@ -140,14 +140,13 @@ final class PendingLookups: Sendable {
         return expired.count
     }
 
-    /// The till hung up: its waiting lookup answers `nil` now.
-    private func cancel(_ id: String) {
+    private func resume(_ id: String, with answer: HouseholdAnswer?) {
         let waiter: CheckedContinuation<HouseholdAnswer?, Never>? = state.withLock { state in
             guard case .waiting(let continuation, _) = state.slots[id] else { return nil }
             state.slots.removeValue(forKey: id)
             return continuation
         }
-        waiter?.resume(returning: nil)
+        waiter?.resume(returning: answer)
     }
 
     var count: Int { state.withLock { $0.slots.count } }
