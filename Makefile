@@ -16,7 +16,7 @@ build: deps
 ## Runs the whole test suite against a private PostgreSQL and the embedded broker.
 test: build
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
-	$(STACK) $(SWIFT) test --skip-build $(BUILD_FLAGS)
+	$(STACK) Deploy/local/watch-tests.py $(SWIFT) test --skip-build $(BUILD_FLAGS)
 	python3 Deploy/checks/check_deploy.py
 
 ## Starts the stack and the seven services, runs the main flow end to end, shows what happened.

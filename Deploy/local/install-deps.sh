@@ -9,6 +9,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v kcat >/dev/null || need+=(kcat)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v curl >/dev/null || need+=(curl)
+# Stacks of a test run that hangs (Deploy/local/watch-tests.py prints them before ending it).
+command -v gdb >/dev/null || need+=(gdb)
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml || need+=(python3-yaml)
 python3 -c 'import jsonschema' 2>/dev/null || pip install -q jsonschema || need+=(python3-jsonschema)
 # Real-browser test of the agent console (Tests/Browser): Debian's Chromium, its

@@ -79,7 +79,7 @@ final class PendingLookups: Sendable {
                 if let answered { continuation.resume(returning: answered) }
             }
         } onCancel: {
-            resume(id, with: nil)
+            cancel(id)
         }
     }
 
@@ -140,13 +140,14 @@ final class PendingLookups: Sendable {
         return expired.count
     }
 
-    private func resume(_ id: String, with answer: HouseholdAnswer?) {
+    /// The till hung up: its waiting lookup answers `nil` now.
+    private func cancel(_ id: String) {
         let waiter: CheckedContinuation<HouseholdAnswer?, Never>? = state.withLock { state in
             guard case .waiting(let continuation, _) = state.slots[id] else { return nil }
             state.slots.removeValue(forKey: id)
             return continuation
         }
-        waiter?.resume(returning: answer)
+        waiter?.resume(returning: nil)
     }
 
     var count: Int { state.withLock { $0.slots.count } }

@@ -32,8 +32,9 @@ public struct IngressClient: Sendable {
         urlRequest.setValue("application/json", forHTTPHeaderField: "Content-Type")
         urlRequest.setValue(request.signature, forHTTPHeaderField: DeviceRequestSignature.header)
         for (name, value) in headers { urlRequest.setValue(value, forHTTPHeaderField: name) }
-        let (data, response) = try await session.data(for: urlRequest)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+        let (data, response) = try await session.boundedData(for: urlRequest)
+        let status = response.statusCode
+        return (status, data)
     }
 
     /// Enrolls the device (`201`); an already enrolled device with the same keys is fine.
@@ -56,8 +57,8 @@ public struct IngressClient: Sendable {
     public func vaultKey() async throws -> PublishedEncryptionKey { try await publishedKey("key-vault") }
 
     func publishedKey(_ service: String) async throws -> PublishedEncryptionKey {
-        let (data, response) = try await session.data(from: baseURL.appendingPathComponent("v1/keys/\(service)"))
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        let (data, response) = try await session.boundedData(for: URLRequest(url: baseURL.appendingPathComponent("v1/keys/\(service)")))
+        let status = response.statusCode
         guard status == 200 else { throw Self.failure(status, data) }
         return try JSONDecoder().decode(PublishedEncryptionKey.self, from: data)
     }
@@ -80,8 +81,8 @@ public struct IngressClient: Sendable {
         var request = URLRequest(url: (baseURL ?? self.baseURL).appendingPathComponent(String(path.dropFirst())))
         request.setValue(signed.signature, forHTTPHeaderField: DeviceRequestSignature.header)
         request.setValue(String(signed.timestamp), forHTTPHeaderField: SignedRead.timestampHeader)
-        let (data, response) = try await session.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        let (data, response) = try await session.boundedData(for: request)
+        let status = response.statusCode
         guard status == 200 else { throw Self.failure(status, data) }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .millisecondsSince1970
@@ -99,8 +100,8 @@ public struct IngressClient: Sendable {
         request.timeoutInterval = Double(seconds + 30)
         request.setValue(signed.signature, forHTTPHeaderField: DeviceRequestSignature.header)
         request.setValue(String(signed.timestamp), forHTTPHeaderField: SignedRead.timestampHeader)
-        let (data, response) = try await session.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        let (data, response) = try await session.boundedData(for: request)
+        let status = response.statusCode
         guard status == 200 else { throw Self.failure(status, data) }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .millisecondsSince1970

@@ -47,7 +47,7 @@ let rdkafkaLogCallback: @convention(c) (OpaquePointer?, Int32, UnsafePointer<CCh
     case 5, 6: .info
     default: .debug
     }
-    if facilityText == "OFFSET", level <= 4, text.contains("offset reset"), let tp = context.noteOffsetReset(text) {
+    if facilityText == "OFFSET", level <= 4, let tp = context.noteOffsetReset(text) {
         // Messages between the old position and the log start were never processed here.
         context.logger.warning("consumer position fell out of the log: messages skipped", metadata: [
             "kafka.event": "offset_reset", "topic": "\(tp.topic)", "partition": "\(tp.partition)", "rdkafka.message": "\(text)"])

@@ -14,7 +14,8 @@ public final class ServiceMetrics: Sendable {
     private let counters = Mutex<[String: Counter]>([:])
     private let histograms = Mutex<[String: DurationHistogram]>([:])
     private let gauges = Mutex<[String: Gauge]>([:])
-    private let reportedResets = Mutex<[TopicPartition: Int]>([:])
+    /// Offset resets already counted, per consumer (its stage name) and partition.
+    private let reportedResets = Mutex<[String: [TopicPartition: Int]]>([:])
 
     private func counter(_ descriptor: MetricNameDescriptor, _ label: (String, String)? = nil) -> Counter {
         let key = descriptor.metricName + "|" + (label?.1 ?? "")
@@ -98,15 +99,16 @@ public final class ServiceMetrics: Sendable {
         }
     }
 
-    /// A consumer's offset resets so far (`KafkaConsumer.offsetResets()`, cumulative):
-    /// `veil_consumer_offset_resets_total{topic}` grows by what is new since the last call.
-    /// Any increase means messages were skipped: the consumer fell behind the broker's retention.
-    public func recordOffsetResets(_ resets: [TopicPartition: Int]) {
-        let new: [(String, Int)] = reportedResets.withLock { reported in
+    /// The offset resets of the consumer named `consumer` so far (`KafkaConsumer.offsetResets()`,
+    /// cumulative): `veil_consumer_offset_resets_total{topic}` grows by what is new since that
+    /// consumer's last report. Any increase means messages were skipped: the consumer fell
+    /// behind the broker's retention.
+    public func recordOffsetResets(_ resets: [TopicPartition: Int], consumer: String) {
+        let new: [(String, Int)] = reportedResets.withLock { reportedByConsumer in
             var new: [(String, Int)] = []
-            for (tp, total) in resets where total > reported[tp, default: 0] {
-                new.append((tp.topic, total - reported[tp, default: 0]))
-                reported[tp] = total
+            for (tp, total) in resets where total > reportedByConsumer[consumer, default: [:]][tp, default: 0] {
+                new.append((tp.topic, total - reportedByConsumer[consumer, default: [:]][tp, default: 0]))
+                reportedByConsumer[consumer, default: [:]][tp] = total
             }
             return new
         }

@@ -108,7 +108,7 @@ public final class StageRunner<Handler: MessageHandler>: Service, Sendable {
                     while inFlight.count > maxBatchesInFlight { try await inFlight.removeFirst().value }
                     if ContinuousClock.now - lastLagReport > .seconds(5) {
                         metrics.recordLag(consumer.lag())
-                        metrics.recordOffsetResets(consumer.offsetResets())
+                        metrics.recordOffsetResets(consumer.offsetResets(), consumer: name)
                         lastLagReport = .now
                     }
                 }

@@ -25,8 +25,9 @@ extension PipelineSuites {
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
             request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
-            let (data, response) = try await URLSession.shared.data(for: request)
-            return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+            let (data, response) = try await URLSession.shared.boundedData(for: request)
+            let status = response.statusCode
+            return (status, data)
         }
 
         static func waitForInbox(_ world: PipelineWorld, _ device: DeviceIdentity, status: String) async throws -> CustomerNotification {
@@ -75,8 +76,9 @@ extension PipelineSuites {
             #expect(try await Self.post(port, "/admin/technicians", technician, token: "wrong").0 == 401)
             var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/admin/dispatch/stats")!)
             request.setValue("Bearer \(Self.adminToken)", forHTTPHeaderField: "Authorization")
-            let (data, response) = try await URLSession.shared.data(for: request)
-            #expect((response as? HTTPURLResponse)?.statusCode == 200)
+            let (data, response) = try await URLSession.shared.boundedData(for: request)
+            let status = response.statusCode
+            #expect(status == 200)
             #expect(try JSONSerialization.jsonObject(with: data) as? [String: Any] != nil)
             await world.stop()
         }

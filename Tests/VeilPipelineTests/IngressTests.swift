@@ -25,8 +25,7 @@ extension PipelineSuites {
             request.httpBody = Data(body)
             request.setValue(contentType, forHTTPHeaderField: "Content-Type")
             if let signature { request.setValue(signature, forHTTPHeaderField: "Veil-Signature") }
-            let (data, response) = try await URLSession.shared.data(for: request)
-            let http = response as! HTTPURLResponse
+            let (data, http) = try await URLSession.shared.boundedData(for: request)
             let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
             return Answer(status: http.statusCode, code: object?["code"] as? String,
                           contentType: http.value(forHTTPHeaderField: "Content-Type"))

@@ -81,7 +81,7 @@ extension PipelineSuites {
             #expect(Set(tokens.values.flatMap { $0 }).count == tokens.count)
 
             // The status endpoint knows every inquiry.
-            let (status, _) = try await URLSession.shared.data(from: world.ingressURL.appendingPathComponent("v1/inquiries/\(sent.keys.first!)"))
+            let (status, _) = try await URLSession.shared.boundedData(for: URLRequest(url: world.ingressURL.appendingPathComponent("v1/inquiries/\(sent.keys.first!)")))
             #expect(String(decoding: status, as: UTF8.self).contains("accepted"))
 
             // Nothing was dead-lettered on the way.

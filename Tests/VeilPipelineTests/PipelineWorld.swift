@@ -140,8 +140,8 @@ final class PipelineWorld: Sendable {
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
             let port = adminPort.withLock { $0 }
-            if port > 0, let (_, response) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/health/ready")!),
-               (response as? HTTPURLResponse)?.statusCode == 200 {
+            if port > 0, let (_, response) = try? await URLSession.shared.boundedData(for: URLRequest(url: URL(string: "http://127.0.0.1:\(port)/health/ready")!, timeoutInterval: 10)),
+               response.statusCode == 200 {
                 adminPorts.withLock { $0[service] = port }
                 return
             }
@@ -153,24 +153,30 @@ final class PipelineWorld: Sendable {
     /// The service's `/metrics` exposition.
     func metrics(_ service: ServiceName) async throws -> String {
         let port = try #require(adminPorts.withLock { $0[service] })
-        let (body, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!)
+        let (body, _) = try await URLSession.shared.boundedData(for: URLRequest(url: URL(string: "http://127.0.0.1:\(port)/metrics")!))
         return String(decoding: body, as: UTF8.self)
     }
 
     func waitForIngress() async throws {
         for _ in 0..<100 {
-            if let (_, response) = try? await URLSession.shared.data(from: ingressURL.appendingPathComponent("v1/inquiries/none")),
-               (response as? HTTPURLResponse)?.statusCode == 404 { return }
+            if let (_, response) = try? await URLSession.shared.boundedData(for: URLRequest(url: ingressURL.appendingPathComponent("v1/inquiries/none"), timeoutInterval: 10)),
+               response.statusCode == 404 { return }
             try await Task.sleep(for: .milliseconds(100))
         }
         throw DatabaseError(code: "test.not_ready", reason: "ingress API not listening")
     }
 
-    /// Stops one service abruptly (its task is cancelled: no graceful drain).
+    /// Stops one service abruptly (its task is cancelled: no graceful drain). A service
+    /// that has not returned a minute after being cancelled is a defect: the test fails
+    /// naming it and showing its last log lines (which parts of its service group
+    /// finished), instead of suspending the whole test run with it.
     func kill(_ service: ServiceName) async {
-        let task = tasks.withLock { $0.removeValue(forKey: service) }
-        task?.cancel()
-        _ = await task?.result
+        guard let task = tasks.withLock({ $0.removeValue(forKey: service) }) else { return }
+        task.cancel()
+        if await !finishes(within: .seconds(60), { _ = await task.result }) {
+            let own = logs.all.filter { $0.contains("\"service\":\"\(service.rawValue)\"") }.suffix(40)
+            Issue.record("\(service.rawValue) did not stop within 60 s of being cancelled; its last log lines:\n\(own.joined(separator: "\n"))")
+        }
     }
 
     func stop() async {
@@ -277,6 +283,25 @@ final class PipelineWorld: Sendable {
     func asRole<T: Sendable>(_ service: ServiceName, _ body: @Sendable (PostgresClient) async throws -> T) async throws -> T {
         try await Self.withAdmin(roles[service]!, body)
     }
+}
+
+/// Whether `body` returns within `limit`. Does not wait for a `body` that does not:
+/// it is left running, so a stuck await cannot stall the caller.
+func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Void) async -> Bool {
+    let (outcome, continuation) = AsyncStream<Bool>.makeStream(bufferingPolicy: .bufferingOldest(1))
+    let work = Task {
+        await body()
+        continuation.yield(true)
+    }
+    let timer = Task {
+        try? await Task.sleep(for: limit)
+        continuation.yield(false)
+    }
+    var iterator = outcome.makeAsyncIterator()
+    let finished = await iterator.next() ?? false
+    timer.cancel()
+    _ = work
+    return finished
 }
 
 /// A TCP port nobody listens on right now, for a server a test starts itself, chosen

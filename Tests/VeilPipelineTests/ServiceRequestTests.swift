@@ -25,8 +25,9 @@ extension PipelineWorld {
         request.httpBody = try JSONSerialization.data(withJSONObject: body)
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
-        let (data, response) = try await URLSession.shared.data(for: request)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+        let (data, response) = try await URLSession.shared.boundedData(for: request)
+        let status = response.statusCode
+        return (status, data)
     }
 
     func enrollmentCode(for account: String) async throws -> String {

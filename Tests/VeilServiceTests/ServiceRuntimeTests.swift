@@ -17,7 +17,7 @@ struct ServiceRuntimeTests {
         "VEIL_KEYS_DIR": "/run/secrets/veil",
     ]
 
-    @Test("offset resets reach /metrics as a counter per topic that grows by what is new, whatever the consumer reports cumulatively")
+    @Test("offset resets reach /metrics as a counter per topic that grows by what is new for each consumer, whatever they report cumulatively")
     func offsetResetCounter() {
         let metrics = ServiceMetrics()
         func value(_ topic: String) -> String? {
@@ -25,14 +25,17 @@ struct ServiceRuntimeTests {
                 .first { $0.hasPrefix("veil_consumer_offset_resets_total{topic=\"\(topic)\"}") }
                 .map { String($0.split(separator: " ").last!) }
         }
-        metrics.recordOffsetResets([:])
+        let a0 = TopicPartition(topic: "a", partition: 0)
+        metrics.recordOffsetResets([:], consumer: "stage-1")
         #expect(value("a") == nil, "no reset, no series")
-        metrics.recordOffsetResets([TopicPartition(topic: "a", partition: 0): 1])
-        metrics.recordOffsetResets([TopicPartition(topic: "a", partition: 0): 1])  // the same reset, reported again
+        metrics.recordOffsetResets([a0: 1], consumer: "stage-1")
+        metrics.recordOffsetResets([a0: 1], consumer: "stage-1")  // the same reset, reported again
         #expect(value("a") == "1")
-        metrics.recordOffsetResets([TopicPartition(topic: "a", partition: 0): 2, TopicPartition(topic: "a", partition: 3): 1,
-                                    TopicPartition(topic: "b", partition: 1): 4])
-        #expect(value("a") == "3")
+        metrics.recordOffsetResets([a0: 1], consumer: "stage-2")  // another consumer's own first reset
+        #expect(value("a") == "2")
+        metrics.recordOffsetResets([a0: 2, TopicPartition(topic: "a", partition: 3): 1,
+                                    TopicPartition(topic: "b", partition: 1): 4], consumer: "stage-1")
+        #expect(value("a") == "4")
         #expect(value("b") == "4")
     }
 
