@@ -34,11 +34,13 @@ public enum Dispatcher {
                 _ = try await context.producer.send(alert)
             }
         }
-        let console = AgentConsole(desk: desk, accounts: AgentAccounts(engine: engine, logger: context.logger), live: live, context: context,
+        let console = ListeningPort("console")
+        let agentConsole = AgentConsole(desk: desk, accounts: AgentAccounts(engine: engine, logger: context.logger), live: live, context: context,
                                    port: settings.consolePort, adminToken: settings.adminToken, sessionLifetime: settings.sessionLifetime,
-                                   secureCookie: settings.secureCookie, upgrades: upgrades, inboundSMSToken: settings.inboundSMSToken)
+                                   secureCookie: settings.secureCookie, upgrades: upgrades, inboundSMSToken: settings.inboundSMSToken,
+                                   onRunning: { console.listening(on: $0) })
         return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: intake, concurrency: 16),
-                            services: [clock, live, console, SMSRelay(outbox: outbox), relay])
+                            services: [clock, live, agentConsole, SMSRelay(outbox: outbox), relay], readiness: [console.check])
     }
 }
 

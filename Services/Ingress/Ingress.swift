@@ -79,14 +79,11 @@ public enum Ingress {
         let live = LiveNotifications(database: context.database, channel: "veil_inbox", logger: context.logger)
         let lookups = PendingLookups()
         let replies = try PosReplyFollower(context: context, pending: lookups)
+        let api = ListeningPort("api")
         return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: InboxStage(context: context, live: live)),
-                            services: [live, replies, try api(context, live: live, lookups: lookups)],
-                            readiness: [ReadinessCheck("pos-replies") { replies.isAssigned }])
-    }
-
-    /// The HTTP API as a service of the ingress process.
-    static func api(_ context: ServiceContext, live: LiveNotifications, lookups: PendingLookups) throws -> IngressAPI {
-        try IngressAPI(context: context, settings: IngressSettings(context.configuration), live: live, lookups: lookups)
+                            services: [live, replies, try IngressAPI(context: context, settings: IngressSettings(context.configuration),
+                                                                     live: live, lookups: lookups, onRunning: { api.listening(on: $0) })],
+                            readiness: [ReadinessCheck("pos-replies") { replies.isAssigned }, api.check])
     }
 }
 

@@ -44,8 +44,10 @@ public enum TechnicianAlerter {
     public static let runtime = ServiceRuntime(service: .technicianAlerter, migrations: migrations) { context in
         let port = try context.configuration.integer("VEIL_ALERTER_HTTP_PORT", in: 0...65535)
         let live = LiveNotifications(database: context.database, channel: "veil_alerts", logger: context.logger)
+        let api = ListeningPort("api")
         return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: AlertStore(context: context, live: live)),
-                            services: [live, TechnicianAPI(context: context, port: port, live: live)])
+                            services: [live, TechnicianAPI(context: context, port: port, live: live, onRunning: { api.listening(on: $0) })],
+                            readiness: [api.check])
     }
 }
 

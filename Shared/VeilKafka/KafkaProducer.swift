@@ -324,9 +324,18 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     /// Offers between their `stopping` check and librdkafka taking the message.
     let offering = Atomic<Int>(0)
 
+    /// Suspends until the poll thread served delivery reports (room may have appeared), or
+    /// at once if the producer is closing: `close` sets `stopping` before it wakes the
+    /// waiters, and a sender that found the queue full just before must not queue up
+    /// after that wake-up, with no poll thread left to wake it.
     func waitForSpace() async {
         await withCheckedContinuation { continuation in
-            spaceWaiters.withLock { $0.append(continuation) }
+            let closing = spaceWaiters.withLock { waiters in
+                if stopping.load(ordering: .sequentiallyConsistent) { return true }
+                waiters.append(continuation)
+                return false
+            }
+            if closing { continuation.resume() }
         }
     }
 

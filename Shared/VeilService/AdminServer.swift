@@ -15,6 +15,22 @@ public struct ReadinessCheck: Sendable {
     }
 }
 
+/// Whether a service's own HTTP server (the ingress API, the agent console, the
+/// technicians' API) is listening yet: give `listening(on:)` to the server's `onRunning`
+/// and `check` to the service's readiness, so `/health/ready` does not say ready while
+/// that port still refuses connections. (The parts start concurrently; a caller that
+/// trusted readiness could reach the port before the server bound it.)
+public final class ListeningPort: Sendable {
+    private let port = Atomic<Int>(0)
+    public let name: String
+
+    public init(_ name: String) { self.name = name }
+
+    public func listening(on port: Int) { self.port.store(max(port, 1), ordering: .releasing) }
+    public var isListening: Bool { port.load(ordering: .acquiring) > 0 }
+    public var check: ReadinessCheck { ReadinessCheck(name) { self.isListening } }
+}
+
 /// The admin port: `/health/live`, `/health/ready` and `/metrics`.
 public struct AdminServer: Service {
     let host: String

@@ -109,7 +109,6 @@ public struct ServiceRuntime: Sendable {
             metrics: metrics, logger: logger, onRunning: onAdminRunning)
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: [
-                .init(service: database),
                 .init(service: producer),
             ] + followers + [
                 .init(service: pipeline),
@@ -120,7 +119,23 @@ public struct ServiceRuntime: Sendable {
         logger.info("service starting", metadata: ["kafka": "\(configuration.kafka.bootstrapServers)",
                                                    "database": "\(configuration.database)",
                                                    "admin.port": "\(configuration.adminPort)"])
-        try await group.run()
+        // The database pool outlives every part that queries it, whether the service stops
+        // gracefully (SIGTERM: the group stops its parts in reverse order) or is cancelled (all
+        // parts at once). Inside the group, a cancelled service shut its pool down while its
+        // parts were still querying, and with postgres-nio 1.33 a lease that races the pool's
+        // shutdown can wait for ever: the lease's own cancellation check passes, the pool tries
+        // to connect for it, fails, and its retry timer no longer runs. (Seen as a dispatcher
+        // whose clock never returned, about one stop in twenty-five.)
+        let pool = Task { try await database.run() }
+        do {
+            try await group.run()
+        } catch {
+            pool.cancel()
+            _ = await pool.result
+            throw error
+        }
+        pool.cancel()
+        _ = await pool.result
         logger.info("service stopped")
     }
 

@@ -83,6 +83,21 @@ struct KafkaRoundTripTests {
         await producer.close()
     }
 
+    @Test("closing the producer ends a send that waits for queue space with an error, instead of leaving it suspended")
+    func closeEndsWaitingSend() async throws {
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 1)
+        kafka.cluster.setAllDown()  // nothing is delivered: the local queue stays full
+        let producer = try kafka.producer { $0.maxQueuedMessages = 10 }
+        let sending = Task { try await producer.send(batch: (0..<100).map { OutgoingMessage(topic: topic, value: [UInt8($0)]) }) }
+        try await within(30, "a full queue") {
+            while producer.inFlightCount < 10 { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        await producer.close(timeout: .milliseconds(200))
+        let outcome = try await within(30, "the waiting send to end") { await sending.result }
+        #expect(throws: KafkaError.self) { try outcome.get() }
+    }
+
     @Test("a service's shared properties reach only the clients that understand them: no \"will be ignored\" warnings at start")
     func propertiesByClientType() async throws {
         let kafka = try KafkaFixture(brokers: 1)

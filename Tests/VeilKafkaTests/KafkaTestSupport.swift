@@ -44,17 +44,24 @@ struct TestTimeout: Error, CustomStringConvertible {
 }
 
 /// Runs `body` with a deadline so a broken behaviour fails the test instead of hanging it.
+/// On time-out `body` is cancelled and *not* waited for: a body stuck on an await that
+/// ignores cancellation (the very defect such a test looks for) cannot stall the run.
 func within<T: Sendable>(_ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try? await Task.sleep(for: .seconds(seconds))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TestTimeout(what: what) }
-        return value
+    let (outcomes, continuation) = AsyncStream<Result<T, any Error>?>.makeStream(bufferingPolicy: .bufferingOldest(1))
+    let work = Task {
+        do { continuation.yield(.success(try await body())) } catch { continuation.yield(.failure(error)) }
     }
+    let timer = Task {
+        try? await Task.sleep(for: .seconds(seconds))
+        continuation.yield(nil)
+    }
+    defer { timer.cancel() }
+    var iterator = outcomes.makeAsyncIterator()
+    guard let outcome = await iterator.next() ?? nil else {
+        work.cancel()
+        throw TestTimeout(what: what)
+    }
+    return try outcome.get()
 }
 
 /// Reads until `count` messages arrived, marking each processed when `mark` is set.

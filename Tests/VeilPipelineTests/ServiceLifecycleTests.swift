@@ -1,0 +1,42 @@
+import Foundation
+import Testing
+import VeilContracts
+import VeilIngressClient
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+extension PipelineSuites {
+    @Suite("Services say ready only when they are, and stop when told", .serialized, .timeLimit(.minutes(5)))
+    struct ServiceLifecycleTests {
+        /// Twelve rounds, because both defects this guards against were races: the console's
+        /// port refused a caller that trusted `/health/ready`, and about one cancelled
+        /// dispatcher in twenty-five never stopped (its clock's query raced the pool's shutdown).
+        @Test("once /health/ready says ready the dispatcher's console answers, and a dispatcher cancelled right after stops at once — twelve rounds")
+        func readyThenKilled() async throws {
+            for _ in 0..<12 {
+                let port = try freePort()
+                let world = try await PipelineWorld.start([.dispatcher], settings: ["VEIL_DISPATCHER_HTTP_PORT": String(port)])
+                let login = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/console/login")!, timeoutInterval: 10)
+                let (_, response) = try await URLSession.shared.boundedData(for: login)
+                #expect(response.statusCode == 200)
+                await world.kill(.dispatcher)  // fails the test, naming the service, if it takes a minute
+                await world.stop()
+            }
+        }
+
+        @Test("the ingress and the technicians' API are ready only once their HTTP ports listen")
+        func apisListenWhenReady() async throws {
+            let alerterPort = try freePort()
+            let world = try await PipelineWorld.start([.ingress, .technicianAlerter], settings: ["VEIL_ALERTER_HTTP_PORT": String(alerterPort)])
+            defer { Task { await world.stop() } }
+            for url in [world.ingressURL.appendingPathComponent("v1/keys/key-vault"),
+                        URL(string: "http://127.0.0.1:\(alerterPort)/v1/technicians/nobody/alerts")!] {
+                // Any HTTP answer will do: the port listens. (A refused connection throws.)
+                let (_, response) = try await URLSession.shared.boundedData(for: URLRequest(url: url, timeoutInterval: 10))
+                #expect(response.statusCode > 0)
+            }
+            await world.stop()
+        }
+    }
+}
