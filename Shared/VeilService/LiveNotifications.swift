@@ -99,18 +99,25 @@ public final class LiveNotifications: Service, Sendable {
                 unsubscribe(key, id: id)
             }
             defer { closer.cancel() }
-            for await _ in wakeUps {
-                guard ContinuousClock.now < end else { break }
-                let items = try await fetch()
-                if items.isEmpty {
-                    try await writer.write(ByteBuffer(string: ": waiting\n\n"))
+            // A graceful shutdown (SIGTERM) ends the stream: the HTTP server waits for the
+            // requests in flight, and a stream left open would hold the service up to
+            // `maxDuration`. The client reconnects to another replica.
+            try await withGracefulShutdownHandler {
+                for await _ in wakeUps {
+                    guard ContinuousClock.now < end else { break }
+                    let items = try await fetch()
+                    if items.isEmpty {
+                        try await writer.write(ByteBuffer(string: ": waiting\n\n"))
+                    }
+                    for item in items {
+                        var buffer = ByteBuffer(string: "id: \(item.id)\nevent: \(event)\ndata: ")
+                        buffer.writeBytes(item.json)
+                        buffer.writeString("\n\n")
+                        try await writer.write(buffer)
+                    }
                 }
-                for item in items {
-                    var buffer = ByteBuffer(string: "id: \(item.id)\nevent: \(event)\ndata: ")
-                    buffer.writeBytes(item.json)
-                    buffer.writeString("\n\n")
-                    try await writer.write(buffer)
-                }
+            } onGracefulShutdown: { [self] in
+                unsubscribe(key, id: id)
             }
             try await writer.finish(nil)
         }

@@ -71,7 +71,9 @@ public struct ServiceRuntime: Sendable {
     /// Builds the service group and runs it. Shutdown goes in reverse order: the admin
     /// server, then the stage (stop reading, finish the batch, commit, leave the group),
     /// then the producer (flush) and the database.
-    public func run(configuration: ServiceConfiguration, logger: Logger,
+    /// - Parameter shutdown: lets the caller stop the service gracefully, as SIGTERM does
+    ///   (a host or a test running several services in one process).
+    public func run(configuration: ServiceConfiguration, logger: Logger, shutdown: ShutdownSwitch? = nil,
                     onAdminRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let metrics = ServiceMetrics()
         let keys = KeyFolder(url: URL(fileURLWithPath: configuration.keysDirectory))
@@ -116,6 +118,7 @@ public struct ServiceRuntime: Sendable {
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
+        await shutdown?.attach(group)
         logger.info("service starting", metadata: ["kafka": "\(configuration.kafka.bootstrapServers)",
                                                    "database": "\(configuration.database)",
                                                    "admin.port": "\(configuration.adminPort)"])
@@ -245,5 +248,31 @@ struct Pipeline: Service {
                 try await Task.sleep(for: .seconds(1))
             }
         }
+    }
+}
+
+/// Shuts a running service down gracefully, as SIGTERM does: its parts stop in reverse
+/// order, the stage finishes and commits its batch, live streams end. For a process that
+/// runs several services (tests) or embeds one, where a signal would stop them all.
+public final class ShutdownSwitch: Sendable {
+    private let state = Mutex<(group: ServiceGroup?, requested: Bool)>((nil, false))
+
+    public init() {}
+
+    func attach(_ group: ServiceGroup) async {
+        let requested = state.withLock { state in
+            state.group = group
+            return state.requested
+        }
+        if requested { await group.triggerGracefulShutdown() }
+    }
+
+    /// Requests the shutdown; a service still starting shuts down as soon as it can.
+    public func shutDown() async {
+        let group = state.withLock { state in
+            state.requested = true
+            return state.group
+        }
+        await group?.triggerGracefulShutdown()
     }
 }

@@ -63,6 +63,7 @@ final class PipelineWorld: Sendable {
     let roles: [ServiceName: DatabaseConfiguration]
     let ingressURL: URL
     private let tasks = Mutex<[ServiceName: Task<Void, any Error>]>([:])
+    private let switches = Mutex<[ServiceName: ShutdownSwitch]>([:])
     private let adminPorts = Mutex<[ServiceName: Int]>([:])
     let environment: [ServiceName: [String: String]]
 
@@ -133,10 +134,14 @@ final class PipelineWorld: Sendable {
         let configuration = try ServiceConfiguration.load(service: service, environment: environment[service]!)
         let adminPort = Mutex<Int>(0)
         let logger = logs.logger(service)
+        let shutdown = ShutdownSwitch()
         let task = Task {
-            try await Self.runtime(service).run(configuration: configuration, logger: logger) { port in adminPort.withLock { $0 = port } }
+            try await Self.runtime(service).run(configuration: configuration, logger: logger, shutdown: shutdown) { port in
+                adminPort.withLock { $0 = port }
+            }
         }
         tasks.withLock { $0[service] = task }
+        switches.withLock { $0[service] = shutdown }
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
             let port = adminPort.withLock { $0 }
@@ -171,12 +176,33 @@ final class PipelineWorld: Sendable {
     /// naming it and showing its last log lines (which parts of its service group
     /// finished), instead of suspending the whole test run with it.
     func kill(_ service: ServiceName) async {
+        switches.withLock { _ = $0.removeValue(forKey: service) }
         guard let task = tasks.withLock({ $0.removeValue(forKey: service) }) else { return }
         task.cancel()
         if await !finishes(within: .seconds(60), { _ = await task.result }) {
-            let own = logs.all.filter { $0.contains("\"service\":\"\(service.rawValue)\"") }.suffix(40)
-            Issue.record("\(service.rawValue) did not stop within 60 s of being cancelled; its last log lines:\n\(own.joined(separator: "\n"))")
+            recordStuck(service, "did not stop within 60 s of being cancelled")
         }
+    }
+
+    private func recordStuck(_ service: ServiceName, _ what: String) {
+        let own = logs.all.filter { $0.contains("\"service\":\"\(service.rawValue)\"") }.suffix(40)
+        Issue.record("\(service.rawValue) \(what); its last log lines:\n\(own.joined(separator: "\n"))")
+    }
+
+    /// Stops one service as SIGTERM does (graceful: parts in reverse order, the stage
+    /// finishes and commits its batch). Returns whether it stopped within `limit`; the
+    /// test fails, naming it, if not.
+    @discardableResult
+    func shutDown(_ service: ServiceName, within limit: Duration = .seconds(60)) async -> Bool {
+        guard let task = tasks.withLock({ $0.removeValue(forKey: service) }),
+              let shutdown = switches.withLock({ $0.removeValue(forKey: service) }) else { return false }
+        await shutdown.shutDown()
+        if await !finishes(within: limit, { _ = await task.result }) {
+            recordStuck(service, "did not shut down within \(limit)")
+            task.cancel()
+            return false
+        }
+        return true
     }
 
     func stop() async {

@@ -25,6 +25,21 @@ extension PipelineSuites {
             }
         }
 
+        @Test("a graceful shutdown (SIGTERM) ends the devices' open live streams, so ingress stops at once rather than when they would have ended")
+        func gracefulShutdownEndsLiveStreams() async throws {
+            let world = try await PipelineWorld.start([.ingress])
+            defer { Task { await world.stop() } }
+            let device = DeviceIdentity(deviceId: "phone-live-\(UUID().uuidString.prefix(6))")
+            try await world.client.enroll(device)
+            // A stream that would stay open five minutes.
+            let stream = Task { try await world.client.inboxStream(device, seconds: 300) }
+            try await Task.sleep(for: .seconds(2))
+            #expect(await world.shutDown(.ingress, within: .seconds(30)), "ingress waited for the open stream")
+            // The stream was open (a refused or broken connection would throw) and ended cleanly, empty.
+            let delivered = try await stream.value
+            #expect(delivered.isEmpty)
+        }
+
         @Test("the ingress and the technicians' API are ready only once their HTTP ports listen")
         func apisListenWhenReady() async throws {
             let alerterPort = try freePort()
