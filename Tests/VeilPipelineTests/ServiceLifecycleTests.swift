@@ -40,6 +40,25 @@ extension PipelineSuites {
             #expect(delivered.isEmpty)
         }
 
+        @Test("SIGTERM stops each of the seven services promptly after real work, one after another, upstream first")
+        func everyServiceShutsDownGracefully() async throws {
+            let consolePort = try freePort(), alerterPort = try freePort()
+            let world = try await PipelineWorld.start(PipelineWorld.provisioned, settings: [
+                "VEIL_DISPATCHER_HTTP_PORT": String(consolePort), "VEIL_ALERTER_HTTP_PORT": String(alerterPort),
+            ])
+            defer { Task { await world.stop() } }
+            let customers = Customers(count: 20)
+            _ = try await world.export(csv: customers.csv)
+            try await world.waitUntilFiled(20)
+            let device = DeviceIdentity(deviceId: "device-stop-\(UUID().uuidString.prefix(6))")
+            try await world.client.enroll(device)
+            for user in customers.rows.keys.sorted().prefix(5) { _ = try await world.client.inquire(device, userId: user) }
+            #expect(try await world.insights(count: 5, idle: .seconds(10)).count == 5)
+            for service: ServiceName in [.ingress, .anonymizer, .keyVault, .matcher, .merger, .dispatcher, .technicianAlerter] {
+                #expect(await world.shutDown(service, within: .seconds(30)), "\(service.rawValue) stops on SIGTERM")
+            }
+        }
+
         @Test("the ingress and the technicians' API are ready only once their HTTP ports listen")
         func apisListenWhenReady() async throws {
             let alerterPort = try freePort()
