@@ -334,9 +334,9 @@ func finishes(within limit: Duration, _ body: @escaping @Sendable () async -> Vo
 /// below the kernel's ephemeral range (32768–60999 here). A port the kernel handed out
 /// (bind to 0) can be handed out again, before the test's server binds it, to one of the
 /// mock brokers or clients that other tests start at the same time; a test's HTTP request
-/// would then reach a server that never answers HTTP. (A CI run hung for 11 minutes in a
-/// test's first request to the dispatcher's console port; this is the likeliest cause,
-/// not a proven one.)
+/// would then reach a server that never answers HTTP. (Suspected when CI runs hung; the
+/// hang's cause turned out to be a database pool closed under running queries, see
+/// docs/ARCHITECTURE.md §4, but the rule stands.)
 func freePort() throws -> Int {
     for _ in 0..<200 {
         let candidate = Int.random(in: 20_000..<32_000)
