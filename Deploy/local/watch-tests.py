@@ -21,7 +21,7 @@ import time
 
 LIMIT = float(os.environ.get("VEIL_TEST_SILENCE_LIMIT", "480"))
 STARTED = re.compile(r'Test "(.*)" started\.')
-ENDED = re.compile(r'Test "(.*)" (?:passed|failed|skipped)')
+ENDED = re.compile(r'Test "(.*)" (?:with \d+ test cases? )?(?:passed|failed|skipped)')
 
 
 def main() -> int:

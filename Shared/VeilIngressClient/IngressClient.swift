@@ -33,8 +33,7 @@ public struct IngressClient: Sendable {
         urlRequest.setValue(request.signature, forHTTPHeaderField: DeviceRequestSignature.header)
         for (name, value) in headers { urlRequest.setValue(value, forHTTPHeaderField: name) }
         let (data, response) = try await session.boundedData(for: urlRequest)
-        let status = response.statusCode
-        return (status, data)
+        return (response.statusCode, data)
     }
 
     /// Enrolls the device (`201`); an already enrolled device with the same keys is fine.

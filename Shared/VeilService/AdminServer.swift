@@ -21,13 +21,14 @@ public struct ReadinessCheck: Sendable {
 /// that port still refuses connections. (The parts start concurrently; a caller that
 /// trusted readiness could reach the port before the server bound it.)
 public final class ListeningPort: Sendable {
-    private let port = Atomic<Int>(0)
+    private let listening = Atomic<Bool>(false)
     public let name: String
 
     public init(_ name: String) { self.name = name }
 
-    public func listening(on port: Int) { self.port.store(max(port, 1), ordering: .releasing) }
-    public var isListening: Bool { port.load(ordering: .acquiring) > 0 }
+    /// For the server's `onRunning` (which passes the bound port).
+    public func listening(on _: Int) { listening.store(true, ordering: .releasing) }
+    public var isListening: Bool { listening.load(ordering: .acquiring) }
     public var check: ReadinessCheck { ReadinessCheck(name) { self.isListening } }
 }
 

@@ -105,11 +105,13 @@ public final class ServiceMetrics: Sendable {
     /// behind the broker's retention.
     public func recordOffsetResets(_ resets: [TopicPartition: Int], consumer: String) {
         let new: [(String, Int)] = reportedResets.withLock { reportedByConsumer in
+            var reported = reportedByConsumer[consumer, default: [:]]
             var new: [(String, Int)] = []
-            for (tp, total) in resets where total > reportedByConsumer[consumer, default: [:]][tp, default: 0] {
-                new.append((tp.topic, total - reportedByConsumer[consumer, default: [:]][tp, default: 0]))
-                reportedByConsumer[consumer, default: [:]][tp] = total
+            for (tp, total) in resets where total > reported[tp, default: 0] {
+                new.append((tp.topic, total - reported[tp, default: 0]))
+                reported[tp] = total
             }
+            reportedByConsumer[consumer] = reported
             return new
         }
         for (topic, delta) in new {

@@ -125,20 +125,20 @@ public struct ServiceRuntime: Sendable {
         // The database pool outlives every part that queries it, whether the service stops
         // gracefully (SIGTERM: the group stops its parts in reverse order) or is cancelled (all
         // parts at once). Inside the group, a cancelled service shut its pool down while its
-        // parts were still querying, and with postgres-nio 1.33 a lease that races the pool's
-        // shutdown can wait for ever: the lease's own cancellation check passes, the pool tries
-        // to connect for it, fails, and its retry timer no longer runs. (Seen as a dispatcher
-        // whose clock never returned, about one stop in twenty-five.)
+        // parts were still querying, and with postgres-nio 1.33.2 a lease that races the pool's
+        // shutdown can wait for ever (docs/ARCHITECTURE.md §4; seen as a dispatcher whose
+        // clock never returned, about one stop in twenty-five).
         let pool = Task { try await database.run() }
+        let outcome: Result<Void, any Error>
         do {
             try await group.run()
+            outcome = .success(())
         } catch {
-            pool.cancel()
-            _ = await pool.result
-            throw error
+            outcome = .failure(error)
         }
         pool.cancel()
         _ = await pool.result
+        try outcome.get()
         logger.info("service stopped")
     }
 
