@@ -38,6 +38,14 @@ struct DispatchWorld {
     }
 }
 
+/// Moves the database's idea of a row's time instead of sleeping past it: a test that sleeps
+/// one second and then expects the next statement to run within the next second fails on a
+/// loaded machine (it did, in CI).
+func execute(_ engine: AssignmentEngine, _ sql: String) async throws {
+    _ = try await engine.database.client.query(PostgresQuery(unsafeSQL: sql.replacingOccurrences(of: "{schema}", with: engine.database.schema)))
+        .collect()
+}
+
 func count(_ engine: AssignmentEngine, _ sql: String) async throws -> Int {
     let rows = try await engine.database.client.query(PostgresQuery(unsafeSQL: sql.replacingOccurrences(of: "{schema}", with: engine.database.schema)))
         .collect()
@@ -81,9 +89,7 @@ struct DispatchTests {
 
     @Test("a declined offer goes to the next candidate; an unanswered one times out to the next; an accepted one is assigned")
     func declineTimeoutAccept() async throws {
-        var policy = AssignmentPolicy()
-        policy.reservationTimeout = .seconds(1)
-        try await DispatchWorld().run(policy: policy) { engines in
+        try await DispatchWorld().run { engines in
             let engine = engines[0]
             for id in ["t1", "t2", "t3"] {
                 try await engine.upsert(Technician(id: id, name: id, skills: ["network"], regions: ["north"], capacity: 1))
@@ -96,7 +102,8 @@ struct DispatchTests {
                 try await engine.answer(first.id, technicianID: first.technicianID, .accept)
             }
 
-            try await Task.sleep(for: .milliseconds(1_300))
+            // The second offer goes unanswered past its deadline.
+            try await execute(engine, "UPDATE {schema}.reservations SET expires_at = clock_timestamp() - interval '1 second' WHERE id = '\(second.id)'")
             let third = try #require(try await engine.expireReservations().first)
             #expect(![first.technicianID, second.technicianID].contains(third.technicianID), "timed out: the third candidate")
             await #expect(throws: AssignmentError.self, "too late to accept a timed-out offer") {
@@ -117,8 +124,8 @@ struct DispatchTests {
     @Test("nobody eligible: requests wait, the most urgent and then the oldest is offered first, and a long wait escalates")
     func waitingQueue() async throws {
         var policy = AssignmentPolicy()
-        policy.escalateAfter = .seconds(1)
-        policy.agingStep = .seconds(3600)
+        policy.escalateAfter = .seconds(3600)
+        policy.agingStep = .seconds(360_000)
         try await DispatchWorld().run(policy: policy) { engines in
             let engine = engines[0]
             try await engine.upsert(Technician(id: "solo", name: "S", skills: ["network"], regions: ["north"], capacity: 1, activity: "offline"))
@@ -126,11 +133,12 @@ struct DispatchTests {
             let oldHigh = DispatchWorld.request(priority: 3)
             let newHigh = DispatchWorld.request(priority: 3)
             for r in [oldLow, oldHigh] { #expect(try await engine.submit(r) == nil) }
-            try await Task.sleep(for: .milliseconds(1_100))
+            // The first two have waited two hours (past escalateAfter, not yet one aging step).
+            try await execute(engine, "UPDATE {schema}.dispatch_requests SET created_at = created_at - interval '2 hours' WHERE id IN ('\(oldLow.id)', '\(oldHigh.id)')")
             #expect(try await engine.submit(newHigh) == nil)
             #expect(Set(try await engine.escalate()) == [oldLow.id, oldHigh.id], "waited past escalateAfter")
             #expect(try await engine.escalate().isEmpty, "escalated once")
-            #expect(try await engine.statistics().longestWaitSeconds >= 1)
+            #expect(try await engine.statistics().longestWaitSeconds >= 7_200)
 
             try await engine.setActivity("solo", "available")
             let offers = try await engine.offerWaiting()
