@@ -39,7 +39,7 @@ broker_up() {
   local addr=$state/kafka.bootstrap
   rm -f "$addr"
   [ -x "$bin/veil-dev-broker" ] || { echo "error: $bin/veil-dev-broker not built (run: swift build)" >&2; exit 1; }
-  nohup "$bin/veil-dev-broker" --brokers 3 --partitions "${VEIL_PARTITIONS:-12}" --address-file "$addr" >"$state/broker.log" 2>&1 &
+  nohup "$bin/veil-dev-broker" --brokers "${VEIL_BROKERS:-3}" --partitions "${VEIL_PARTITIONS:-12}" --address-file "$addr" >"$state/broker.log" 2>&1 &
   echo $! > "$state/broker.pid"
   for _ in $(seq 1 100); do [ -s "$addr" ] && break; sleep 0.1; done
   [ -s "$addr" ] || { echo "error: embedded broker did not start; see $state/broker.log" >&2; exit 1; }
