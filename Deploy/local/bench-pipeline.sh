@@ -11,6 +11,10 @@ mkdir -p "$logs"
 base_port=${VEIL_BENCH_ADMIN_PORT:-9201}
 source "$root/Deploy/local/services.sh"
 veil_keys_and_roles
+# The customer's app waits for the insight: the five services send at once instead of
+# batching for 5 ms on each of the five hops (KAFKA_LINGER_MS=5 to compare; docs/ARCHITECTURE.md).
+export KAFKA_LINGER_MS=${KAFKA_LINGER_MS:-0}
+echo "==> producers linger ${KAFKA_LINGER_MS} ms (KAFKA_LINGER_MS)"
 trap veil_stop_all EXIT
 echo "==> starting ingress, anonymizer, key-vault, matcher, merger (release build; logs in $logs)"
 VEIL_MERGER_SAVE=${VEIL_MERGER_SAVE:-true} veil_start_services "${VEIL_BENCH_LOG_LEVEL:-warning}" ingress anonymizer key-vault matcher merger
