@@ -36,9 +36,13 @@ pg_up() {
   chmod 700 "$(readlink -f "$data")"
   local pw=$state/pg.pw; echo "veil-dev" > "$pw"; [ "$(id -u)" -eq 0 ] && chown postgres "$pw"
   as_postgres "$pgbin/initdb" -D "$data" -U postgres --pwfile="$pw" --auth-host=scram-sha-256 --auth-local=trust -E UTF8 >"$state/initdb.log" 2>&1
+  # VEIL_PG_STATEMENTS=1 loads pg_stat_statements (time per statement, for measuring).
+  local extra=""
+  [ -n "${VEIL_PG_STATEMENTS:-}" ] && extra="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
   as_postgres "$pgbin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-    -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" start >/dev/null
+    -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $extra" start >/dev/null
   as_postgres "$pgbin/createdb" -h "$data" -p "$port" -U postgres veil
+  [ -n "${VEIL_PG_STATEMENTS:-}" ] && as_postgres psql -h "$data" -p "$port" -U postgres -d veil -qc "CREATE EXTENSION pg_stat_statements"
   echo "$pgbin" > "$state/pg.bin"
   echo "export DATABASE_URL=postgres://postgres:veil-dev@127.0.0.1:$port/veil" >> "$envfile"
   echo "export VEIL_EMBEDDED_PG=1" >> "$envfile"
