@@ -276,6 +276,134 @@ public struct AssignmentEngine: Sendable {
             END
             $$;
             """),
+        // A decision used to cost in proportion to the technicians *eligible* for it: the
+        // candidate query filtered and ranked every one of them (~1.4 µs a row here; 1.6–2.6 ms
+        // of a ~3 ms decision with 1,000 eligible, from pg_stat_statements). The rank is
+        // `load weight × load + region weight × (away from home)`, so with a positive load
+        // weight the best candidates are the least loaded at home and the least loaded away:
+        // two index scans in load order, each stopping after 16, the away one only down to
+        // the load at which an away technician could still beat the 16th at home. The
+        // union holds the best 16 by rank; from them the best that can be locked is taken, as
+        // before, and the scan over everyone stays for the rest (no region, a weight of zero
+        // or less, all 16 locked by concurrent decisions).
+        Migration("022_dispatch_ranked_candidates", sql: """
+            CREATE INDEX technicians_home_by_load ON {schema}.technicians
+                (kind, home_region, ((active_load::float8) / GREATEST(capacity, 1)), last_offer_at NULLS FIRST, id)
+                WHERE activity = 'available' AND active_load < capacity;
+            CREATE INDEX technicians_by_load ON {schema}.technicians
+                (kind, ((active_load::float8) / GREATEST(capacity, 1)), last_offer_at NULLS FIRST, id)
+                WHERE activity = 'available' AND active_load < capacity;
+            CREATE OR REPLACE FUNCTION {schema}.offer_request(p_request uuid, p_reservation uuid, p_timeout_seconds float8,
+                                                              p_load_weight float8, p_region_weight float8)
+            RETURNS TABLE (technician_id text, expires_at timestamptz)
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_region text;
+                v_skills text[];
+                v_kind text;
+                v_offered text[];
+                v_technician text;
+                v_expires timestamptz;
+                v_time time := (now() AT TIME ZONE 'UTC')::time;
+                v_top integer := 16;
+                v_home text[];
+                v_home_worst float8;
+                v_away text[];
+                v_bound float8;
+            BEGIN
+                SELECT r.region, r.required_skills, r.worker_kind INTO v_region, v_skills, v_kind
+                FROM {schema}.dispatch_requests r
+                WHERE r.id = p_request AND r.status = 'waiting' FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN RETURN; END IF;
+                v_offered := ARRAY(SELECT o.technician_id FROM {schema}.reservations o WHERE o.request_id = p_request);
+                IF p_load_weight > 0 AND v_region IS NOT NULL THEN
+                    -- The 16 least loaded eligible at home (ties: longest since an offer, then id).
+                    SELECT coalesce(array_agg(h.id), '{}'), max(h.load) INTO v_home, v_home_worst FROM (
+                        SELECT t.id, (t.active_load::float8) / GREATEST(t.capacity, 1) AS load FROM {schema}.technicians t
+                        WHERE t.kind = v_kind AND t.home_region = v_region
+                          AND t.activity = 'available' AND t.active_load < t.capacity
+                          AND t.skills @> v_skills AND t.regions @> ARRAY[v_region]
+                          AND (t.shift_start IS NULL
+                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                          AND t.id <> ALL (v_offered)
+                        ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
+                        LIMIT 16) h;
+                    -- Away from home, only as loaded as could still rank with the 16th at home
+                    -- (everyone away when fewer than 16 are at home); a hair over, for rounding.
+                    v_bound := CASE WHEN cardinality(v_home) < 16 THEN 'Infinity'::float8
+                                    ELSE v_home_worst - p_region_weight / p_load_weight + 1e-9 END;
+                    v_away := ARRAY(
+                        SELECT t.id FROM {schema}.technicians t
+                        WHERE t.kind = v_kind AND (t.active_load::float8) / GREATEST(t.capacity, 1) <= v_bound
+                          AND t.home_region IS DISTINCT FROM v_region
+                          AND t.activity = 'available' AND t.active_load < t.capacity
+                          AND t.skills @> v_skills AND t.regions @> ARRAY[v_region]
+                          AND (t.shift_start IS NULL
+                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                          AND t.id <> ALL (v_offered)
+                        ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
+                        LIMIT 16);
+                    -- Nobody eligible (the scans skip no locked row): the request waits.
+                    IF cardinality(v_home) + cardinality(v_away) = 0 THEN RETURN; END IF;
+                    WITH top AS (
+                        SELECT t.id FROM {schema}.technicians t
+                        WHERE t.id = ANY (v_home || v_away)
+                        ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                                 + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
+                                 t.last_offer_at NULLS FIRST, t.id
+                        LIMIT 16
+                    )
+                    SELECT t.id INTO v_technician FROM {schema}.technicians t JOIN top ON top.id = t.id
+                    WHERE t.activity = 'available' AND t.active_load < t.capacity
+                    ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                             + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
+                             t.last_offer_at NULLS FIRST, t.id
+                    LIMIT 1
+                    FOR UPDATE OF t SKIP LOCKED;
+                    -- All 16 taken by concurrent decisions: look at everyone.
+                    v_top := NULL;
+                END IF;
+                WHILE v_technician IS NULL LOOP
+                    WITH top AS (
+                        SELECT t.id FROM {schema}.technicians t
+                        WHERE t.kind = v_kind AND t.activity = 'available' AND t.active_load < t.capacity
+                          AND t.skills @> v_skills
+                          AND (v_region IS NULL OR t.regions @> ARRAY[v_region])
+                          AND (t.shift_start IS NULL
+                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                          AND t.id <> ALL (v_offered)
+                        ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                                 + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
+                                 t.last_offer_at NULLS FIRST, t.id
+                        LIMIT v_top
+                    )
+                    SELECT t.id INTO v_technician FROM {schema}.technicians t JOIN top ON top.id = t.id
+                    WHERE t.activity = 'available' AND t.active_load < t.capacity
+                    ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                             + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
+                             t.last_offer_at NULLS FIRST, t.id
+                    LIMIT 1
+                    FOR UPDATE OF t SKIP LOCKED;
+                    EXIT WHEN v_top IS NULL;
+                    v_top := NULL;  -- no limit
+                END LOOP;
+                IF v_technician IS NULL THEN RETURN; END IF;
+                INSERT INTO {schema}.reservations AS n (id, request_id, technician_id, status, expires_at)
+                VALUES (p_reservation, p_request, v_technician, 'pending', clock_timestamp() + make_interval(secs => p_timeout_seconds))
+                RETURNING n.expires_at INTO v_expires;
+                UPDATE {schema}.technicians t SET active_load = t.active_load + 1, last_offer_at = clock_timestamp()
+                WHERE t.id = v_technician;
+                UPDATE {schema}.dispatch_requests d SET status = 'offered' WHERE d.id = p_request;
+                technician_id := v_technician;
+                expires_at := v_expires;
+                RETURN NEXT;
+            END
+            $$;
+            """),
     ]
 
     // MARK: Technicians (the admin API and `veilctl` seed them)

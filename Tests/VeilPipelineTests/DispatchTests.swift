@@ -87,6 +87,59 @@ struct DispatchTests {
         }
     }
 
+    @Test("every decision picks the technician the full ranking picks, with more than 16 at home and busier or idler ones away")
+    func decisionsMatchTheFullRanking() async throws {
+        try await DispatchWorld().run { engines in
+            let engine = engines[0]
+            let policy = AssignmentPolicy()
+            var random = SystemRandomNumberGenerator()
+            // 66 technicians. A third live in the north and are busy (60–80 % loaded); the rest
+            // live in the south or east, are idler (0–30 %) and also serve the north; every
+            // eleventh has no home region. For a request in the north, more than 16 eligible
+            // technicians are at home and idler ones away interleave with them in rank.
+            for i in 0..<66 {
+                let home = ["north", "south", "east"][i % 3]
+                let serves = home == "north" ? ["north"] : [home, "north"]
+                let id = String(format: "t%02d", i)
+                try await engine.upsert(Technician(id: id, name: id, skills: ["network"], regions: serves,
+                                                   homeRegion: i % 11 == 0 ? nil : home, capacity: 10))
+                let load = home == "north" ? Int.random(in: 6...8, using: &random) : Int.random(in: 0...3, using: &random)
+                try await execute(engine, """
+                    UPDATE {schema}.technicians SET active_load = \(load),
+                        last_offer_at = CASE WHEN random() < 0.3 THEN NULL ELSE now() - random() * interval '1 hour' END
+                    WHERE id = '\(id)'
+                    """)
+            }
+            for round in 0..<60 {
+                let region = round % 4 == 3 ? "south" : "north"
+                let rows = try await engine.database.client.query(PostgresQuery(unsafeSQL: """
+                    SELECT id, active_load, capacity, home_region, extract(epoch FROM last_offer_at)::float8
+                    FROM \(engine.database.schema).technicians
+                    WHERE activity = 'available' AND active_load < capacity AND regions @> ARRAY['\(region)']
+                    """)).collect()
+                var expected: (rank: Double, lastOffer: Double?, id: String)?
+                for row in rows {
+                    let (id, load, capacity, home, lastOffer) = try row.decode((String, Int, Int, String?, Double?).self)
+                    let rank = policy.loadWeight * Double(load) / Double(max(capacity, 1)) + policy.regionWeight * (home == region ? 0 : 1)
+                    let candidate = (rank: rank, lastOffer: lastOffer, id: id)
+                    // rank, then last offer (never offered first), then id
+                    func before(_ a: (rank: Double, lastOffer: Double?, id: String), _ b: (rank: Double, lastOffer: Double?, id: String)) -> Bool {
+                        if a.rank != b.rank { return a.rank < b.rank }
+                        switch (a.lastOffer, b.lastOffer) {
+                        case (nil, .some): return true
+                        case (.some, nil): return false
+                        case let (x?, y?) where x != y: return x < y
+                        default: return a.id < b.id
+                        }
+                    }
+                    if expected == nil || before(candidate, expected!) { expected = candidate }
+                }
+                let offer = try await engine.submit(DispatchWorld.request(region: region))
+                #expect(offer?.technicianID == expected?.id, "round \(round), region \(region), \(rows.count) eligible")
+            }
+        }
+    }
+
     @Test("a declined offer goes to the next candidate; an unanswered one times out to the next; an accepted one is assigned")
     func declineTimeoutAccept() async throws {
         try await DispatchWorld().run { engines in
