@@ -287,6 +287,8 @@ public struct AssignmentEngine: Sendable {
         // before, and the scan over everyone stays for the rest (no region, a weight of zero
         // or less, all 16 locked by concurrent decisions).
         Migration("022_dispatch_ranked_candidates", sql: """
+            DROP INDEX {schema}.technicians_skills;
+            DROP INDEX {schema}.technicians_regions;
             CREATE INDEX technicians_home_by_load ON {schema}.technicians
                 (kind, home_region, ((active_load::float8) / GREATEST(capacity, 1)), last_offer_at NULLS FIRST, id)
                 WHERE activity = 'available' AND active_load < capacity;
@@ -307,10 +309,8 @@ public struct AssignmentEngine: Sendable {
                 v_expires timestamptz;
                 v_time time := (now() AT TIME ZONE 'UTC')::time;
                 v_top integer := 16;
-                v_home text[];
-                v_home_worst float8;
-                v_away text[];
-                v_bound float8;
+                v_candidate text;
+                v_seen integer := 0;
             BEGIN
                 SELECT r.region, r.required_skills, r.worker_kind INTO v_region, v_skills, v_kind
                 FROM {schema}.dispatch_requests r
@@ -318,51 +318,56 @@ public struct AssignmentEngine: Sendable {
                 IF NOT FOUND THEN RETURN; END IF;
                 v_offered := ARRAY(SELECT o.technician_id FROM {schema}.reservations o WHERE o.request_id = p_request);
                 IF p_load_weight > 0 AND v_region IS NOT NULL THEN
-                    -- The 16 least loaded eligible at home (ties: longest since an offer, then id).
-                    SELECT coalesce(array_agg(h.id), '{}'), max(h.load) INTO v_home, v_home_worst FROM (
-                        SELECT t.id, (t.active_load::float8) / GREATEST(t.capacity, 1) AS load FROM {schema}.technicians t
-                        WHERE t.kind = v_kind AND t.home_region = v_region
-                          AND t.activity = 'available' AND t.active_load < t.capacity
-                          AND t.skills @> v_skills AND t.regions @> ARRAY[v_region]
-                          AND (t.shift_start IS NULL
-                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
-                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
-                          AND t.id <> ALL (v_offered)
-                        ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
-                        LIMIT 16) h;
-                    -- Away from home, only as loaded as could still rank with the 16th at home
-                    -- (everyone away when fewer than 16 are at home); a hair over, for rounding.
-                    v_bound := CASE WHEN cardinality(v_home) < 16 THEN 'Infinity'::float8
-                                    ELSE v_home_worst - p_region_weight / p_load_weight + 1e-9 END;
-                    v_away := ARRAY(
-                        SELECT t.id FROM {schema}.technicians t
-                        WHERE t.kind = v_kind AND (t.active_load::float8) / GREATEST(t.capacity, 1) <= v_bound
-                          AND t.home_region IS DISTINCT FROM v_region
-                          AND t.activity = 'available' AND t.active_load < t.capacity
-                          AND t.skills @> v_skills AND t.regions @> ARRAY[v_region]
-                          AND (t.shift_start IS NULL
-                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
-                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
-                          AND t.id <> ALL (v_offered)
-                        ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
-                        LIMIT 16);
-                    -- Nobody eligible (the scans skip no locked row): the request waits.
-                    IF cardinality(v_home) + cardinality(v_away) = 0 THEN RETURN; END IF;
-                    WITH top AS (
-                        SELECT t.id FROM {schema}.technicians t
-                        WHERE t.id = ANY (v_home || v_away)
-                        ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
-                                 + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
-                                 t.last_offer_at NULLS FIRST, t.id
+                    -- `home`: the 16 least loaded eligible at home (ties: longest since an offer, then id);
+                    -- `away`: the 16 least loaded away, only as loaded as could still rank with the 16th
+                    -- at home (everyone away when fewer than 16 are at home; a hair over, for rounding).
+                    -- Of those, the best 16 by rank, in order; then the first that can be locked and still
+                    -- has room: PostgreSQL re-checks the row it locks.
+                    FOR v_candidate IN
+                        WITH home AS (
+                            SELECT t.id, t.last_offer_at, (t.active_load::float8) / GREATEST(t.capacity, 1) AS load,
+                                   p_load_weight * t.active_load / GREATEST(t.capacity, 1) AS rank
+                            FROM {schema}.technicians t
+                            WHERE t.kind = v_kind AND t.home_region = v_region
+                              AND t.activity = 'available' AND t.active_load < t.capacity
+                              AND t.skills @> v_skills AND t.regions @> ARRAY[v_region]
+                              AND (t.shift_start IS NULL
+                                   OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                                   OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                              AND t.id <> ALL (v_offered)
+                            ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
+                            LIMIT 16
+                        ), away AS (
+                            SELECT t.id, t.last_offer_at,
+                                   p_load_weight * t.active_load / GREATEST(t.capacity, 1) + p_region_weight AS rank
+                            FROM {schema}.technicians t
+                            WHERE t.kind = v_kind
+                              AND (t.active_load::float8) / GREATEST(t.capacity, 1)
+                                  <= (SELECT CASE WHEN count(*) < 16 THEN 'Infinity'::float8
+                                                  ELSE max(h.load) - p_region_weight / p_load_weight + 1e-9 END FROM home h)
+                              AND t.home_region IS DISTINCT FROM v_region
+                              AND t.activity = 'available' AND t.active_load < t.capacity
+                              AND t.skills @> v_skills AND t.regions @> ARRAY[v_region]
+                              AND (t.shift_start IS NULL
+                                   OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                                   OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                              AND t.id <> ALL (v_offered)
+                            ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
+                            LIMIT 16
+                        )
+                        SELECT c.id FROM (SELECT id, rank, last_offer_at FROM home
+                                          UNION ALL SELECT id, rank, last_offer_at FROM away) c
+                        ORDER BY c.rank, c.last_offer_at NULLS FIRST, c.id
                         LIMIT 16
-                    )
-                    SELECT t.id INTO v_technician FROM {schema}.technicians t JOIN top ON top.id = t.id
-                    WHERE t.activity = 'available' AND t.active_load < t.capacity
-                    ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
-                             + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM v_region THEN 0 ELSE 1 END),
-                             t.last_offer_at NULLS FIRST, t.id
-                    LIMIT 1
-                    FOR UPDATE OF t SKIP LOCKED;
+                    LOOP
+                        v_seen := v_seen + 1;
+                        SELECT t.id INTO v_technician FROM {schema}.technicians t
+                        WHERE t.id = v_candidate AND t.activity = 'available' AND t.active_load < t.capacity
+                        FOR UPDATE SKIP LOCKED;
+                        EXIT WHEN v_technician IS NOT NULL;
+                    END LOOP;
+                    -- Nobody eligible (the scans skip no locked row): the request waits.
+                    IF v_seen = 0 THEN RETURN; END IF;
                     -- All 16 taken by concurrent decisions: look at everyone.
                     v_top := NULL;
                 END IF;
