@@ -124,7 +124,7 @@ public struct DispatchClock: Service {
 
     public func run() async throws {
         // Stops at a graceful shutdown (SIGTERM) as well as on cancellation.
-        try? await cancelWhenGracefulShutdown { await self.tick() }
+        await cancelWhenGracefulShutdown { await self.tick() }
     }
 
     private func tick() async {

@@ -177,7 +177,7 @@ public struct SMSRelay: Service {
     }
 
     public func run() async throws {
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 // The ticker turns the interval into signals, so one loop serves both.
                 group.addTask {
