@@ -41,6 +41,7 @@ stack-down:
 	Deploy/local/stack.sh down
 
 clean:
+	@if [ -L .veil/pg ]; then rm -rf "$$(readlink -f .veil/pg)"; fi
 	rm -rf .build .veil
 
 bench-pipeline: deps

@@ -93,6 +93,7 @@ public final class LiveNotifications: Service, Sendable {
         let body = ResponseBody { [self] writer in
             let (id, wakeUps) = subscribe(key)
             defer { unsubscribe(key, id: id) }
+            logger.debug("live stream opened", metadata: ["event": "\(event)", "channel": "\(channel)"])
             let end = ContinuousClock.now + maxDuration
             let closer = Task { [self] in
                 try? await Task.sleep(for: maxDuration)

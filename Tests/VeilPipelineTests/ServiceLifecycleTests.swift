@@ -33,7 +33,7 @@ extension PipelineSuites {
             try await world.client.enroll(device)
             // A stream that would stay open five minutes.
             let stream = Task { try await world.client.inboxStream(device, seconds: 300) }
-            try await Task.sleep(for: .seconds(2))
+            try await waitForLog(world, service: .ingress, containing: "live stream opened")
             #expect(await world.shutDown(.ingress, within: .seconds(30)), "ingress waited for the open stream")
             // The stream was open (a refused or broken connection would throw) and ended cleanly, empty.
             let delivered = try await stream.value
