@@ -409,6 +409,175 @@ public struct AssignmentEngine: Sendable {
             END
             $$;
             """),
+        // A new request used to be inserted as waiting, locked and read back, checked for
+        // earlier offers and updated to offered: three statements and a dead row version per
+        // decision for what the caller already knows. The choice is now its own function
+        // (`pick_worker`, the rules of 022 unchanged) and `submit_request` picks first, then
+        // files the request once with its final status; a request filed before (a redelivery)
+        // goes through `offer_request` as before.
+        Migration("023_dispatch_submit_in_one_write", sql: """
+            CREATE FUNCTION {schema}.pick_worker(p_kind text, p_region text, p_skills text[], p_offered text[],
+                                                 p_load_weight float8, p_region_weight float8)
+            RETURNS text
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_technician text;
+                v_time time := (now() AT TIME ZONE 'UTC')::time;
+                v_top integer := 16;
+                v_candidate text;
+                v_seen integer := 0;
+            BEGIN
+                IF p_load_weight > 0 AND p_region IS NOT NULL THEN
+                    -- `home`: the 16 least loaded eligible at home (ties: longest since an offer, then id);
+                    -- `away`: the 16 least loaded away, only as loaded as could still rank with the 16th
+                    -- at home (everyone away when fewer than 16 are at home; a hair over, for rounding).
+                    -- Of those, the best 16 by rank, in order; then the first that can be locked and still
+                    -- has room: PostgreSQL re-checks the row it locks.
+                    FOR v_candidate IN
+                        WITH home AS (
+                            SELECT t.id, t.last_offer_at, (t.active_load::float8) / GREATEST(t.capacity, 1) AS load,
+                                   p_load_weight * t.active_load / GREATEST(t.capacity, 1) AS rank
+                            FROM {schema}.technicians t
+                            WHERE t.kind = p_kind AND t.home_region = p_region
+                              AND t.activity = 'available' AND t.active_load < t.capacity
+                              AND t.skills @> p_skills AND t.regions @> ARRAY[p_region]
+                              AND (t.shift_start IS NULL
+                                   OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                                   OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                              AND t.id <> ALL (p_offered)
+                            ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
+                            LIMIT 16
+                        ), away AS (
+                            SELECT t.id, t.last_offer_at,
+                                   p_load_weight * t.active_load / GREATEST(t.capacity, 1) + p_region_weight AS rank
+                            FROM {schema}.technicians t
+                            WHERE t.kind = p_kind
+                              AND (t.active_load::float8) / GREATEST(t.capacity, 1)
+                                  <= (SELECT CASE WHEN count(*) < 16 THEN 'Infinity'::float8
+                                                  ELSE max(h.load) - p_region_weight / p_load_weight + 1e-9 END FROM home h)
+                              AND t.home_region IS DISTINCT FROM p_region
+                              AND t.activity = 'available' AND t.active_load < t.capacity
+                              AND t.skills @> p_skills AND t.regions @> ARRAY[p_region]
+                              AND (t.shift_start IS NULL
+                                   OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                                   OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                              AND t.id <> ALL (p_offered)
+                            ORDER BY (t.active_load::float8) / GREATEST(t.capacity, 1), t.last_offer_at NULLS FIRST, t.id
+                            LIMIT 16
+                        )
+                        SELECT c.id FROM (SELECT id, rank, last_offer_at FROM home
+                                          UNION ALL SELECT id, rank, last_offer_at FROM away) c
+                        ORDER BY c.rank, c.last_offer_at NULLS FIRST, c.id
+                        LIMIT 16
+                    LOOP
+                        v_seen := v_seen + 1;
+                        SELECT t.id INTO v_technician FROM {schema}.technicians t
+                        WHERE t.id = v_candidate AND t.activity = 'available' AND t.active_load < t.capacity
+                        FOR UPDATE SKIP LOCKED;
+                        EXIT WHEN v_technician IS NOT NULL;
+                    END LOOP;
+                    -- Nobody eligible (the scans skip no locked row): the request waits.
+                    IF v_seen = 0 THEN RETURN NULL; END IF;
+                    -- All 16 taken by concurrent decisions: look at everyone.
+                    v_top := NULL;
+                END IF;
+                WHILE v_technician IS NULL LOOP
+                    WITH top AS (
+                        SELECT t.id FROM {schema}.technicians t
+                        WHERE t.kind = p_kind AND t.activity = 'available' AND t.active_load < t.capacity
+                          AND t.skills @> p_skills
+                          AND (p_region IS NULL OR t.regions @> ARRAY[p_region])
+                          AND (t.shift_start IS NULL
+                               OR (t.shift_start <= t.shift_end AND v_time >= t.shift_start AND v_time < t.shift_end)
+                               OR (t.shift_start > t.shift_end AND (v_time >= t.shift_start OR v_time < t.shift_end)))
+                          AND t.id <> ALL (p_offered)
+                        ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                                 + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM p_region THEN 0 ELSE 1 END),
+                                 t.last_offer_at NULLS FIRST, t.id
+                        LIMIT v_top
+                    )
+                    SELECT t.id INTO v_technician FROM {schema}.technicians t JOIN top ON top.id = t.id
+                    WHERE t.activity = 'available' AND t.active_load < t.capacity
+                    ORDER BY p_load_weight * t.active_load / GREATEST(t.capacity, 1)
+                             + p_region_weight * (CASE WHEN t.home_region IS NOT DISTINCT FROM p_region THEN 0 ELSE 1 END),
+                             t.last_offer_at NULLS FIRST, t.id
+                    LIMIT 1
+                    FOR UPDATE OF t SKIP LOCKED;
+                    EXIT WHEN v_top IS NULL;
+                    v_top := NULL;  -- no limit
+                END LOOP;
+                RETURN v_technician;
+            END
+            $$;
+            CREATE FUNCTION {schema}.record_offer(p_request uuid, p_reservation uuid, p_technician text, p_timeout_seconds float8)
+            RETURNS timestamptz
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                v_expires timestamptz;
+            BEGIN
+                INSERT INTO {schema}.reservations AS n (id, request_id, technician_id, status, expires_at)
+                VALUES (p_reservation, p_request, p_technician, 'pending', clock_timestamp() + make_interval(secs => p_timeout_seconds))
+                RETURNING n.expires_at INTO v_expires;
+                UPDATE {schema}.technicians t SET active_load = t.active_load + 1, last_offer_at = clock_timestamp()
+                WHERE t.id = p_technician;
+                RETURN v_expires;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {schema}.offer_request(p_request uuid, p_reservation uuid, p_timeout_seconds float8,
+                                                              p_load_weight float8, p_region_weight float8)
+            RETURNS TABLE (technician_id text, expires_at timestamptz)
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_region text;
+                v_skills text[];
+                v_kind text;
+                v_offered text[];
+                v_technician text;
+            BEGIN
+                SELECT r.region, r.required_skills, r.worker_kind INTO v_region, v_skills, v_kind
+                FROM {schema}.dispatch_requests r
+                WHERE r.id = p_request AND r.status = 'waiting' FOR UPDATE SKIP LOCKED;
+                IF NOT FOUND THEN RETURN; END IF;
+                v_offered := ARRAY(SELECT o.technician_id FROM {schema}.reservations o WHERE o.request_id = p_request);
+                v_technician := {schema}.pick_worker(v_kind, v_region, v_skills, v_offered, p_load_weight, p_region_weight);
+                IF v_technician IS NULL THEN RETURN; END IF;
+                expires_at := {schema}.record_offer(p_request, p_reservation, v_technician, p_timeout_seconds);
+                UPDATE {schema}.dispatch_requests d SET status = 'offered' WHERE d.id = p_request;
+                technician_id := v_technician;
+                RETURN NEXT;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {schema}.submit_request(p_request uuid, p_category text, p_priority integer, p_region text,
+                                                               p_skills text[], p_kind text, p_reservation uuid, p_timeout_seconds float8,
+                                                               p_load_weight float8, p_region_weight float8)
+            RETURNS TABLE (technician_id text, expires_at timestamptz)
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_technician text;
+            BEGIN
+                v_technician := {schema}.pick_worker(p_kind, p_region, p_skills, '{}'::text[], p_load_weight, p_region_weight);
+                INSERT INTO {schema}.dispatch_requests (id, category, priority, region, required_skills, status, worker_kind)
+                VALUES (p_request, p_category, p_priority, p_region, p_skills,
+                        CASE WHEN v_technician IS NULL THEN 'waiting' ELSE 'offered' END, p_kind)
+                ON CONFLICT (id) DO NOTHING;
+                IF NOT FOUND THEN
+                    -- Filed before (a redelivery, or a concurrent submit of the same id): offered
+                    -- already, or offered now by the rules for a waiting request (its earlier
+                    -- offers excluded). The technician picked above is not offered.
+                    RETURN QUERY SELECT * FROM {schema}.offer_request(p_request, p_reservation, p_timeout_seconds,
+                                                                      p_load_weight, p_region_weight);
+                    RETURN;
+                END IF;
+                IF v_technician IS NULL THEN RETURN; END IF;
+                expires_at := {schema}.record_offer(p_request, p_reservation, v_technician, p_timeout_seconds);
+                technician_id := v_technician;
+                RETURN NEXT;
+            END
+            $$;
+            """),
     ]
 
     // MARK: Technicians (the admin API and `veilctl` seed them)

@@ -149,6 +149,8 @@ struct DispatchTests {
             }
             let request = DispatchWorld.request()
             let first = try #require(try await engine.submit(request))
+            #expect(try await engine.submit(request) == nil, "a redelivered request is filed and offered once")
+            #expect(try await count(engine, "SELECT count(*) FROM {schema}.reservations") == 1)
             let second = try #require(try await engine.answer(first.id, technicianID: first.technicianID, .decline, reason: "too far"))
             #expect(second.technicianID != first.technicianID && second.requestID == request.id)
             await #expect(throws: AssignmentError.self, "an answered offer cannot be answered again") {
@@ -198,6 +200,7 @@ struct DispatchTests {
             #expect(offers.map(\.requestID) == [oldHigh.id], "highest priority (3 + escalation), oldest first; capacity 1")
             #expect(try await engine.answer(offers[0].id, technicianID: "solo", .decline) == nil,
                     "nobody else can take it: it waits again, never re-offered to who declined it")
+            #expect(try await engine.submit(oldHigh) == nil, "redelivered while waiting: still never offered to who declined it")
             let after = try await engine.offerWaiting()
             #expect(after.map(\.requestID) == [newHigh.id], "the declining technician is free again: the next most urgent")
         }
