@@ -160,6 +160,8 @@ public struct ServiceConfiguration: Sendable {
         ConfigurationVariable("KAFKA_FETCH_WAIT_MAX_MS",
                               "Longest a fetch waits for data (librdkafka default 500). Real Kafka answers as soon as data arrives; librdkafka's mock cluster waits the full time, so the local stack sets 5"),
         ConfigurationVariable("KAFKA_LINGER_MS", "How long the producer batches before sending (default 5)"),
+        ConfigurationVariable("KAFKA_QUEUED_MAX_KBYTES",
+                              "Per consumer, most kilobytes fetched ahead of processing (librdkafka default 65536). A consumer whose prefetch reaches it pauses fetching for a fixed back-off (librdkafka 2.0.2), so a consumer that falls behind in bursts stalls less with more, at the cost of memory"),
         ConfigurationVariable("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext or sasl_ssl"),
         ConfigurationVariable("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
         ConfigurationVariable("KAFKA_SASL_USERNAME", "SASL user (one principal per service)"),
@@ -173,6 +175,7 @@ public struct ServiceConfiguration: Sendable {
     public static let kafkaPassThrough: [(variable: String, property: String)] = [
         ("KAFKA_FETCH_WAIT_MAX_MS", "fetch.wait.max.ms"),
         ("KAFKA_LINGER_MS", "linger.ms"),
+        ("KAFKA_QUEUED_MAX_KBYTES", "queued.max.messages.kbytes"),
         ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
         ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
         ("KAFKA_SASL_USERNAME", "sasl.username"),
@@ -180,6 +183,13 @@ public struct ServiceConfiguration: Sendable {
         ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
         ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
         ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+    ]
+
+    /// The numeric pass-through variables and the ranges librdkafka 2.0.2 accepts.
+    static let kafkaNumbers: [(variable: String, range: ClosedRange<Int>)] = [
+        ("KAFKA_FETCH_WAIT_MAX_MS", 0...300_000),
+        ("KAFKA_LINGER_MS", 0...900_000),
+        ("KAFKA_QUEUED_MAX_KBYTES", 1...2_097_151),
     ]
 
     /// Reads and validates the environment.
@@ -216,6 +226,10 @@ public struct ServiceConfiguration: Sendable {
         var properties: [String: String] = [:]
         for (variable, property) in kafkaPassThrough {
             if let v = value(variable) { properties[property] = v }
+        }
+        // Numbers librdkafka would refuse only when the client is created: named here instead.
+        for (variable, range) in kafkaNumbers where value(variable) != nil {
+            _ = try integer(variable, in: range)
         }
         let database: DatabaseConfiguration
         do { database = try DatabaseConfiguration(url: try required("DATABASE_URL")) } catch let error as ConfigurationError {

@@ -6,7 +6,7 @@ import FoundationNetworking
 import Testing
 import VeilContracts
 import VeilEnvelope
-import VeilKafka
+@testable import VeilKafka
 @testable import VeilService
 
 @Suite("Service runtime", .timeLimit(.minutes(2)))
@@ -57,6 +57,9 @@ struct ServiceRuntimeTests {
         ("VEIL_LOG_LEVEL", "loud", "one of"),
         ("VEIL_CREATE_TOPICS", "maybe", "true or false"),
         ("VEIL_KEYS_DIR", nil, "is required"),
+        ("KAFKA_LINGER_MS", "-1", "integer in 0...900000"),
+        ("KAFKA_QUEUED_MAX_KBYTES", "lots", "integer"),
+        ("KAFKA_QUEUED_MAX_KBYTES", "0", "integer in 1...2097151"),
     ] as [(String, String?, String)])
     func badVariable(variable: String, value: String?, message: String) throws {
         var environment = complete
@@ -81,6 +84,20 @@ struct ServiceRuntimeTests {
         #expect(kafka.properties["sasl.mechanism"] == "SCRAM-SHA-512")
         #expect(kafka.properties["sasl.username"] == "veil-matcher")
         #expect(kafka.properties["ssl.ca.location"] == "/etc/kafka/ca.pem")
+    }
+
+    @Test("fetch, linger and prefetch settings reach only the clients that understand them")
+    func tuningPassThrough() throws {
+        var environment = complete
+        environment["KAFKA_FETCH_WAIT_MAX_MS"] = "5"
+        environment["KAFKA_LINGER_MS"] = "0"
+        environment["KAFKA_QUEUED_MAX_KBYTES"] = "262144"
+        let kafka = try ServiceConfiguration.load(service: .matcher, environment: environment).kafka
+        let consumer = kafka.baseProperties(for: .consumer), producer = kafka.baseProperties(for: .producer)
+        #expect(consumer["queued.max.messages.kbytes"] == "262144" && consumer["fetch.wait.max.ms"] == "5")
+        #expect(consumer["linger.ms"] == nil)
+        #expect(producer["linger.ms"] == "0")
+        #expect(producer["queued.max.messages.kbytes"] == nil && producer["fetch.wait.max.ms"] == nil)
     }
 
     @Test("a service started without KAFKA_BROKERS exits non-zero naming the variable")
