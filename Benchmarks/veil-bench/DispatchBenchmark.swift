@@ -28,6 +28,7 @@ struct DispatchBenchmark: AsyncParsableCommand {
     @Option(help: "Admin token of ingress (default: $VEIL_INGRESS_ADMIN_TOKEN).") var adminToken: String?
     @Option(help: "Seconds of the latency phase.") var seconds: Double = 10
     @Option(help: "Request rate of the latency phase (default: half the measured decision rate, at most 200/s).") var rate: Double?
+    @Flag(help: "Keep the decisions phase's schema and technicians afterwards (to EXPLAIN or pgbench its statements).") var keepSchema = false
     @Flag(help: "Skip the decisions phase (measured separately, e.g. before the services start); needs --url.") var latencyOnly = false
 
     func run() async throws {
@@ -81,7 +82,11 @@ struct DispatchBenchmark: AsyncParsableCommand {
             let elapsed = (ContinuousClock.now - started).seconds
             let rate = Double(requests) / elapsed
             print(String(format: "   %.0f decisions/s (%d requests offered, %d left waiting) in %.2f s", rate, offered, requests - offered, elapsed))
-            try await database.client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \(schema) CASCADE"), logger: logger)
+            if keepSchema {
+                print("   kept schema \(schema)")
+            } else {
+                try await database.client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \(schema) CASCADE"), logger: logger)
+            }
             return rate
         }
         guard let base = self.url else { return }

@@ -18,7 +18,12 @@ public final class Database: Service, Sendable {
         self.configuration = configuration
         self.schema = schema
         self.logger = logger
-        client = PostgresClient(configuration: configuration.clientConfiguration, backgroundLogger: logger)
+        // Every statement names its schema, except prepared statements: their SQL is a
+        // static string, the same for every schema, so each connection resolves unqualified
+        // names in this one (and `pg_catalog`, always searched first).
+        var client = configuration.clientConfiguration
+        client.options.additionalStartupParameters.append(("search_path", schema))
+        self.client = PostgresClient(configuration: client, backgroundLogger: logger)
     }
 
     public func run() async throws {
