@@ -648,12 +648,14 @@ public struct AssignmentEngine: Sendable {
                                loadWeight: policy.loadWeight, regionWeight: policy.regionWeight)
     }
 
+    /// The offer a decision function returned (at most one row), if any.
     private func reservation(_ id: UUID, for requestID: UUID,
                              _ rows: some AsyncSequence<(String, Date), any Error>) async throws -> Reservation? {
-        for try await (technicianID, expiresAt) in rows {
-            return Reservation(id: id, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
+        var offer: Reservation?
+        for try await (technicianID, expiresAt) in rows where offer == nil {
+            offer = Reservation(id: id, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
         }
-        return nil
+        return offer
     }
 
     /// Offers a waiting request to the best eligible technician, if any; returns the offer.
@@ -668,14 +670,8 @@ public struct AssignmentEngine: Sendable {
         let rows = try await database.client.query("""
             SELECT technician_id, expires_at FROM \(unescaped: table("offer_request"))(
                 \(requestID), \(reservationID), \(policy.reservationTimeout.seconds), \(policy.loadWeight), \(policy.regionWeight))
-            """, logger: logger).collect()
-        return try reservation(reservationID, for: requestID, rows)
-    }
-
-    private func reservation(_ id: UUID, for requestID: UUID, _ rows: [PostgresRow]) throws -> Reservation? {
-        guard let row = rows.first else { return nil }
-        let (technicianID, expiresAt) = try row.decode((String, Date).self)
-        return Reservation(id: id, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
+            """, logger: logger)
+        return try await reservation(reservationID, for: requestID, rows.decode((String, Date).self))
     }
 
     /// Offers waiting requests, most urgent first (priority plus one level per `agingStep`

@@ -172,24 +172,18 @@ public struct ServiceConfiguration: Sendable {
     ]
 
     /// librdkafka properties taken from the environment.
-    public static let kafkaPassThrough: [(variable: String, property: String)] = [
-        ("KAFKA_FETCH_WAIT_MAX_MS", "fetch.wait.max.ms"),
-        ("KAFKA_LINGER_MS", "linger.ms"),
-        ("KAFKA_QUEUED_MAX_KBYTES", "queued.max.messages.kbytes"),
-        ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
-        ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
-        ("KAFKA_SASL_USERNAME", "sasl.username"),
-        ("KAFKA_SASL_PASSWORD", "sasl.password"),
-        ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
-        ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
-        ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
-    ]
-
-    /// The numeric pass-through variables and the ranges librdkafka 2.0.2 accepts.
-    static let kafkaNumbers: [(variable: String, range: ClosedRange<Int>)] = [
-        ("KAFKA_FETCH_WAIT_MAX_MS", 0...300_000),
-        ("KAFKA_LINGER_MS", 0...900_000),
-        ("KAFKA_QUEUED_MAX_KBYTES", 1...2_097_151),
+    /// `numbers`: for numeric properties, the range librdkafka 2.0.2 accepts.
+    public static let kafkaPassThrough: [(variable: String, property: String, numbers: ClosedRange<Int>?)] = [
+        ("KAFKA_FETCH_WAIT_MAX_MS", "fetch.wait.max.ms", 0...300_000),
+        ("KAFKA_LINGER_MS", "linger.ms", 0...900_000),
+        ("KAFKA_QUEUED_MAX_KBYTES", "queued.max.messages.kbytes", 1...2_097_151),
+        ("KAFKA_SECURITY_PROTOCOL", "security.protocol", nil),
+        ("KAFKA_SASL_MECHANISM", "sasl.mechanism", nil),
+        ("KAFKA_SASL_USERNAME", "sasl.username", nil),
+        ("KAFKA_SASL_PASSWORD", "sasl.password", nil),
+        ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location", nil),
+        ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location", nil),
+        ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location", nil),
     ]
 
     /// Reads and validates the environment.
@@ -224,12 +218,11 @@ public struct ServiceConfiguration: Sendable {
             throw ConfigurationError(variable: "KAFKA_BROKERS", reason: "must be host:port[,host:port]")
         }
         var properties: [String: String] = [:]
-        for (variable, property) in kafkaPassThrough {
-            if let v = value(variable) { properties[property] = v }
-        }
-        // Numbers librdkafka would refuse only when the client is created: named here instead.
-        for (variable, range) in kafkaNumbers where value(variable) != nil {
-            _ = try integer(variable, in: range)
+        for (variable, property, numbers) in kafkaPassThrough {
+            guard let v = value(variable) else { continue }
+            // A number librdkafka would refuse only when the client is created: named here instead.
+            if let numbers { _ = try integer(variable, in: numbers) }
+            properties[property] = v
         }
         let database: DatabaseConfiguration
         do { database = try DatabaseConfiguration(url: try required("DATABASE_URL")) } catch let error as ConfigurationError {

@@ -15,7 +15,7 @@ struct OperatorKafka: ParsableArguments {
             throw ValidationError("set --brokers or KAFKA_BROKERS")
         }
         var properties: [String: String] = [:]
-        for (variable, property) in ServiceConfiguration.kafkaPassThrough {
+        for (variable, property, _) in ServiceConfiguration.kafkaPassThrough {
             if let value = environment[variable], !value.isEmpty { properties[property] = value }
         }
         return KafkaConfiguration(bootstrapServers: brokers, clientID: clientID, properties: properties)
