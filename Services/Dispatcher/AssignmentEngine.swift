@@ -857,9 +857,9 @@ public struct AssignmentEngine: Sendable {
 }
 
 /// `submit_request` as a prepared statement: parsed and planned once per connection
-/// instead of at every decision (the statement a dispatcher runs most; `pgbench` on the
-/// benchmark's schema: 1,191–1,259 decisions/s unprepared, 1,337–1,422 prepared). The
-/// name is unqualified: the database's connections search its schema first (`Database`).
+/// instead of at every decision (the statement a dispatcher runs most;
+/// `Deploy/local/pgbench-dispatch.sh` compares both). The name is unqualified: the
+/// database's connections search its schema first (`Database`).
 struct SubmitRequestStatement: PostgresPreparedStatement {
     static let sql = """
         SELECT technician_id, expires_at FROM submit_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
