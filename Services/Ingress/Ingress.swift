@@ -269,7 +269,7 @@ struct RequestHandler: Sendable {
         let pseudonym = idKey.hash(Array(inquiry.userId.utf8))
 
         let id = MessageID.generate()
-        let acceptedAt = try await acceptOnce(id, table: "inquiries", deviceRef: deviceRef, nonce: nonce)
+        let acceptedAt = try await acceptOnce(id, table: InquiryStatusTable.self, deviceRef: deviceRef, nonce: nonce)
 
         let access = AccessInfo(anonymizedDeviceId: Data(deviceRef), deviceKeyVersion: deviceKey.version,
                                 channel: inquiry.channel, receivedAt: acceptedAt, appVersion: inquiry.appVersion,
@@ -338,13 +338,9 @@ struct RequestHandler: Sendable {
 
     /// The enrolled device; a revoked one is refused at once (`revoked_device`).
     func enrolledDevice(_ deviceRef: [UInt8]) async throws -> EnrolledDevice {
-        let ref = ByteBuffer(bytes: deviceRef)
-        let rows = try await context.database.client.query("""
-            SELECT signing_key, encryption_key, account_ref, enrolled_at, revoked_at IS NOT NULL
-            FROM \(unescaped: context.database.table("devices")) WHERE device_ref = \(ref)
-            """, logger: context.logger).collect()
-        guard let row = rows.first else { throw Problem.unknownDevice }
-        let (signing, encryption, account, enrolledAt, revoked) = try row.decode((ByteBuffer, ByteBuffer, ByteBuffer?, Date, Bool).self)
+        let found = try await context.database.client.first(EnrolledDeviceStatement(deviceRef: ByteBuffer(bytes: deviceRef)),
+                                                            logger: context.logger)
+        guard let (signing, encryption, account, enrolledAt, revoked) = found else { throw Problem.unknownDevice }
         guard !revoked else { throw Problem.revokedDevice }
         guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(signing.readableBytesView)) else {
             throw Problem.unknownDevice
@@ -355,16 +351,11 @@ struct RequestHandler: Sendable {
 
     /// Uses the request's nonce and records its status row in one statement (a replayed
     /// nonce inserts nothing: `replayed_nonce`); returns the acceptance time in whole ms.
-    func acceptOnce(_ id: MessageID, table: String, deviceRef: [UInt8], nonce: Data) async throws -> Date {
-        let refBuffer = ByteBuffer(bytes: deviceRef), nonceBuffer = ByteBuffer(bytes: nonce)
-        let inserted = try await context.database.client.query("""
-            WITH fresh AS (
-                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
-                VALUES (\(refBuffer), \(nonceBuffer)) ON CONFLICT DO NOTHING RETURNING device_ref)
-            INSERT INTO \(unescaped: context.database.table(table)) (id, device_ref, status)
-            SELECT \(id.uuid), device_ref, 'accepted' FROM fresh RETURNING accepted_at
-            """, logger: context.logger).collect()
-        guard let stored = try inserted.first?.decode(Date.self) else { throw Problem.replayedNonce }
+    func acceptOnce<Table: StatusTable>(_ id: MessageID, table: Table.Type, deviceRef: [UInt8], nonce: Data) async throws -> Date {
+        let accepted = try await context.database.client.first(
+            AcceptOnceStatement<Table>(id: id.uuid, deviceRef: ByteBuffer(bytes: deviceRef), nonce: ByteBuffer(bytes: nonce)),
+            logger: context.logger)
+        guard let stored = accepted else { throw Problem.replayedNonce }
         return Date(timeIntervalSince1970: (stored.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
     }
 

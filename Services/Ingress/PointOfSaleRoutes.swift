@@ -291,18 +291,10 @@ extension RequestHandler {
     /// in the same statement, before the signature is checked: a forged request burns only
     /// its own random nonce).
     func terminalKeyUsingNonce(_ nonce: Data, terminalRef: [UInt8]) async throws -> (Curve25519.Signing.PublicKey, Bool) {
-        let ref = ByteBuffer(bytes: terminalRef)
-        let rows = try await context.database.client.query("""
-            WITH dev AS (
-                SELECT signing_key, revoked_at IS NOT NULL AS revoked FROM \(unescaped: context.database.table("devices")) WHERE device_ref = \(ref)
-            ), fresh AS (
-                INSERT INTO \(unescaped: context.database.table("request_nonces")) (device_ref, nonce)
-                SELECT \(ref), \(ByteBuffer(bytes: nonce)) FROM dev WHERE NOT dev.revoked
-                ON CONFLICT DO NOTHING RETURNING 1
-            )
-            SELECT signing_key, revoked, (SELECT count(*) FROM fresh)::int FROM dev
-            """, logger: context.logger).collect()
-        guard let (signing, revoked, inserted) = try rows.first?.decode((ByteBuffer, Bool, Int).self) else { throw Problem.unknownDevice }
+        let found = try await context.database.client.first(
+            TerminalKeyUsingNonceStatement(terminalRef: ByteBuffer(bytes: terminalRef), nonce: ByteBuffer(bytes: nonce)),
+            logger: context.logger)
+        guard let (signing, revoked, inserted) = found else { throw Problem.unknownDevice }
         guard !revoked else { throw Problem.revokedDevice }
         guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: Array(signing.readableBytesView)) else {
             throw Problem.unknownDevice

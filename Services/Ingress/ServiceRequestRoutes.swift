@@ -123,7 +123,7 @@ extension RequestHandler {
         guard let accountRef = device.accountRef else { throw Problem.deviceNotBound }
 
         let id = MessageID.generate()
-        let acceptedAt = try await acceptOnce(id, table: "service_requests", deviceRef: deviceRef, nonce: nonce)
+        let acceptedAt = try await acceptOnce(id, table: ServiceRequestStatusTable.self, deviceRef: deviceRef, nonce: nonce)
 
         let signed = try signedAssertion(subject: id.description, device: device, deviceRef: deviceRef, accountRef: accountRef,
                                          at: acceptedAt)

@@ -87,11 +87,9 @@ struct Households: Sendable {
             for archive in keys.usable(.archive).sorted(by: { $0.version > $1.version }) {
                 let k = Keys(archive)
                 let ref = k.reference.hash(tid)
-                let rows = try await database.client.query("""
-                    SELECT household_sealed FROM \(unescaped: database.table("households"))
-                    WHERE tid_ref = \(ByteBuffer(bytes: ref)) AND archive_key_version = \(Int32(archive.version))
-                    """, logger: logger).collect()
-                guard let sealed = try rows.first?.decode(ByteBuffer.self) else { continue }
+                let found = try await database.client.first(HouseholdStatement(tidRef: ByteBuffer(bytes: ref),
+                                                                               archiveVersion: Int32(archive.version)), logger: logger)
+                guard let sealed = found else { continue }
                 let household = try archive.open(Array(sealed.readableBytesView), aad: ref)
                 answer = HouseholdAnswer(lookupId: lookupID, found: true, householdId: String(decoding: household, as: UTF8.self),
                                          deidentifiedTid: Data(k.deidentify.hash(tid)))
@@ -104,4 +102,20 @@ struct Households: Sendable {
                                   parts: [.sealed(PartLabel.household, payload: ContractCoding.encode(answer), to: [ServiceName.ingress.rawValue])])
         return try codec.message(draft, topic: Topic.posLookupReplies.name, key: message.key)
     }
+}
+
+/// A household mapping by terminal-ID reference, prepared (a lookup is on a till's clock;
+/// the table is unqualified: connections search the vault's schema).
+struct HouseholdStatement: PostgresPreparedStatement {
+    static let name = "veil.key-vault.household"
+    static let sql = "SELECT household_sealed FROM households WHERE tid_ref = $1 AND archive_key_version = $2"
+    static let bindingDataTypes: [PostgresDataType] = [.bytea, .int4]
+    typealias Row = ByteBuffer
+
+    var tidRef: ByteBuffer
+    var archiveVersion: Int32
+
+    func makeBindings() throws -> PostgresBindings { try PostgresBindings(tidRef, archiveVersion) }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }

@@ -34,23 +34,18 @@ public struct MatcherHandler: MessageHandler {
     }
 
     let codec: EnvelopeCodec
+    /// Its connections search the filed records' schema (`VEIL_RECORDS_SCHEMA`) after its own.
     let database: Database
-    let recordsSchema: String
     let logger: Logger
 
-    public init(codec: EnvelopeCodec, database: Database, recordsSchema: String, logger: Logger) {
+    public init(codec: EnvelopeCodec, database: Database, logger: Logger) {
         self.codec = codec
         self.database = database
-        self.recordsSchema = recordsSchema
         self.logger = logger
     }
 
     public static func make(_ context: ServiceContext) throws -> MatcherHandler {
-        let schema = context.configuration.setting("VEIL_RECORDS_SCHEMA") ?? ServiceName.keyVault.schema
-        guard Database.isIdentifier(schema) else {
-            throw ConfigurationError(variable: "VEIL_RECORDS_SCHEMA", reason: "must match [a-z_][a-z0-9_]*")
-        }
-        return MatcherHandler(codec: context.codec, database: context.database, recordsSchema: schema, logger: context.logger)
+        MatcherHandler(codec: context.codec, database: context.database, logger: context.logger)
     }
 
     public static let stage = "matcher"
@@ -107,18 +102,33 @@ public struct MatcherHandler: MessageHandler {
     /// One indexed query for all tokens of a batch.
     func lookup(_ tokens: [Data]) async throws -> [Data: EncryptedRecord] {
         guard !tokens.isEmpty else { return [:] }
-        let buffers = tokens.map { ByteBuffer(bytes: $0) }
-        let rows = try await database.client.query("""
-            SELECT t.token, r.record_key_version, r.wrapped_data_key, r.record_ciphertext
-            FROM \(unescaped: recordsSchema).match_tokens t JOIN \(unescaped: recordsSchema).filed_records r USING (customer_ref)
-            WHERE t.token = ANY(\(buffers)::bytea[])
-            """, logger: logger)
+        let rows = try await database.client.execute(RecordsByTokenStatement(tokens: tokens.map { ByteBuffer(bytes: $0) }),
+                                                      logger: logger)
         var found: [Data: EncryptedRecord] = [:]
-        for try await (token, version, wrapped, ciphertext) in rows.decode((ByteBuffer, Int32, ByteBuffer, ByteBuffer).self) {
+        for try await (token, version, wrapped, ciphertext) in rows {
             found[Data(token.readableBytesView)] = EncryptedRecord(recordKeyVersion: UInt32(version),
                                                                   wrappedDataKey: Data(wrapped.readableBytesView),
                                                                   ciphertext: Data(ciphertext.readableBytesView))
         }
         return found
     }
+}
+
+/// The filed records of a batch's tokens, in one indexed query, prepared (parsed and planned
+/// once per connection). The tables are the vault's, unqualified: the matcher's connections
+/// search `VEIL_RECORDS_SCHEMA`.
+struct RecordsByTokenStatement: PostgresPreparedStatement {
+    static let name = "veil.matcher.records"
+    static let sql = """
+        SELECT t.token, r.record_key_version, r.wrapped_data_key, r.record_ciphertext
+        FROM match_tokens t JOIN filed_records r USING (customer_ref)
+        WHERE t.token = ANY($1::bytea[])
+        """
+    static let bindingDataTypes: [PostgresDataType] = [.byteaArray]
+    typealias Row = (ByteBuffer, Int32, ByteBuffer, ByteBuffer)
+
+    var tokens: [ByteBuffer]
+
+    func makeBindings() throws -> PostgresBindings { try PostgresBindings(tokens) }
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }

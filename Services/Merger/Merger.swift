@@ -173,13 +173,32 @@ public struct MergerHandler: MessageHandler {
         let versions = inputs.map { Int32($0.insight.matchKeyVersion) }
         let devices = inputs.map { ByteBuffer(bytes: $0.insight.anonymizedDeviceId) }
         let documents = inputs.map { String(decoding: $0.payload, as: UTF8.self) }
-        try await database.client.query("""
-            INSERT INTO \(unescaped: database.table("insights"))
-                (inquiry_id, matched, match_token, match_key_version, anonymized_device_id, insight)
-            SELECT i, m, t, v, d, j::jsonb
-            FROM unnest(\(ids)::text[], \(matched)::bool[], \(tokens)::bytea[], \(versions)::int4[], \(devices)::bytea[], \(documents)::text[])
-                AS x(i, m, t, v, d, j)
-            ON CONFLICT (inquiry_id) DO NOTHING
-            """, logger: logger)
+        _ = try await database.client.first(SaveInsightsStatement(ids: ids, matched: matched, tokens: tokens, versions: versions,
+                                                                  devices: devices, documents: documents), logger: logger)
     }
+}
+
+/// `Merger.save`'s one statement, prepared (parsed and planned once per connection; the
+/// table is unqualified: connections search the merger's schema).
+struct SaveInsightsStatement: PostgresPreparedStatement {
+    static let name = "veil.merger.save"
+    static let sql = """
+        INSERT INTO insights (inquiry_id, matched, match_token, match_key_version, anonymized_device_id, insight)
+        SELECT i, m, t, v, d, j::jsonb FROM unnest($1::text[], $2::bool[], $3::bytea[], $4::int4[], $5::bytea[], $6::text[])
+            AS x(i, m, t, v, d, j)
+        ON CONFLICT (inquiry_id) DO NOTHING
+        """
+    static let bindingDataTypes: [PostgresDataType] = [.textArray, .boolArray, .byteaArray, .int4Array, .byteaArray, .textArray]
+    typealias Row = Void
+
+    var ids: [String]
+    var matched: [Bool]
+    var tokens: [ByteBuffer]
+    var versions: [Int32]
+    var devices: [ByteBuffer]
+    var documents: [String]
+
+    func makeBindings() throws -> PostgresBindings { try PostgresBindings(ids, matched, tokens, versions, devices, documents) }
+
+    func decodeRow(_ row: PostgresRow) throws {}
 }

@@ -84,8 +84,19 @@ public struct ServiceRuntime: Sendable {
         } catch {
             throw ConfigurationError(variable: "VEIL_KEYS_DIR", reason: "cannot load keys: \(error.description)")
         }
+        // The matcher reads the vault's filed records (a read-only grant): its connections search
+        // that schema too, so its prepared lookup names the tables unqualified.
+        var alsoSearching: [String] = []
+        if service == .matcher {
+            let records = configuration.setting("VEIL_RECORDS_SCHEMA") ?? ServiceName.keyVault.schema
+            guard Database.isIdentifier(records) else {
+                throw ConfigurationError(variable: "VEIL_RECORDS_SCHEMA", reason: "must match [a-z_][a-z0-9_]*")
+            }
+            alsoSearching = [records]
+        }
         let database = try Database(configuration: configuration.database,
-                                    schema: configuration.setting("VEIL_DATABASE_SCHEMA") ?? service.schema, logger: logger)
+                                    schema: configuration.setting("VEIL_DATABASE_SCHEMA") ?? service.schema,
+                                    alsoSearching: alsoSearching, logger: logger)
         let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: configuration.kafka), logger: logger)
         let grants = GrantedKeys()
         let context = ServiceContext(configuration: configuration, database: database, producer: producer,

@@ -11,8 +11,11 @@ public final class Database: Service, Sendable {
     public let configuration: DatabaseConfiguration
     let logger: Logger
 
-    public init(configuration: DatabaseConfiguration, schema: String, logger: Logger) throws(DatabaseError) {
-        guard Self.isIdentifier(schema) else {
+    /// - Parameter alsoSearching: schemas of other services this one reads (by a grant), searched
+    ///   after its own for unqualified names, so its prepared statements can name their tables.
+    public init(configuration: DatabaseConfiguration, schema: String, alsoSearching: [String] = [],
+                logger: Logger) throws(DatabaseError) {
+        guard ([schema] + alsoSearching).allSatisfy(Self.isIdentifier) else {
             throw DatabaseError(code: "database.configuration", reason: "schema must match [a-z_][a-z0-9_]*")
         }
         self.configuration = configuration
@@ -20,9 +23,9 @@ public final class Database: Service, Sendable {
         self.logger = logger
         // Every statement names its schema, except prepared statements: their SQL is a
         // static string, the same for every schema, so each connection resolves unqualified
-        // names in this one (and `pg_catalog`, always searched first).
+        // names in this one, then in those it also reads (and `pg_catalog`, always searched first).
         var client = configuration.clientConfiguration
-        client.options.additionalStartupParameters.append(("search_path", schema))
+        client.options.additionalStartupParameters.append(("search_path", ([schema] + alsoSearching).joined(separator: ", ")))
         self.client = PostgresClient(configuration: client, backgroundLogger: logger)
     }
 
@@ -57,5 +60,23 @@ public final class Database: Service, Sendable {
     public static func isIdentifier(_ text: String) -> Bool {
         guard let first = text.unicodeScalars.first, first == "_" || ("a"..."z").contains(first) else { return false }
         return text.count <= 63 && text.unicodeScalars.allSatisfy { $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
+    }
+}
+
+extension PostgresClient {
+    /// Runs a prepared statement and returns its first row, if any. The remaining rows are
+    /// read to the end, so the connection goes back to the pool with nothing pending.
+    public func first<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> Statement.Row? {
+        var first: Statement.Row?
+        for try await row in try await execute(statement, logger: logger) where first == nil { first = row }
+        return first
+    }
+}
+
+extension PostgresBindings {
+    /// Bindings of the given values, in order: a prepared statement's `makeBindings()` in one line.
+    public init<each Value: PostgresEncodable>(_ values: repeat each Value) throws {
+        self.init()
+        repeat try append(each values)
     }
 }
