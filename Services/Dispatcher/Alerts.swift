@@ -28,15 +28,9 @@ public struct DispatchMessages: Sendable {
     /// The alert for `offer`; `nil` (logged) if the technician has no enrolled device:
     /// the offer then times out and moves on.
     public func alert(for offer: Reservation, codec: EnvelopeCodec) async throws -> OutgoingMessage? {
-        let rows = try await database.client.query("""
-            SELECT t.device_signing_key, t.device_encryption_key, s.category, s.priority, s.region, s.description_sealed,
-                   s.at_rest_key_version, s.assertion::text
-            FROM \(unescaped: database.table("technicians")) t, \(unescaped: database.table("service_requests")) s
-            WHERE t.id = \(offer.technicianID) AND s.id = \(offer.requestID)
-            """, logger: logger).collect()
-        guard let row = rows.first else { return nil }
-        let (signing, encryption, category, priority, region, sealed, keyVersion, assertionJSON) =
-            try row.decode((ByteBuffer?, ByteBuffer?, String, Int, String?, ByteBuffer, Int32, String).self)
+        guard let (signing, encryption, category, priority, region, sealed, keyVersion, assertionJSON) =
+            try await database.client.first(AlertContentStatement(technicianID: offer.technicianID, requestID: offer.requestID),
+                                            logger: logger) else { return nil }
         guard let signing, let encryption,
               let deviceKey = try? Curve25519.KeyAgreement.PublicKey(rawRepresentation: Array(encryption.readableBytesView)) else {
             logger.warning("offer not alerted: the technician has no enrolled device", metadata: ["technician": "\(offer.technicianID)"])
@@ -63,11 +57,8 @@ public struct DispatchMessages: Sendable {
     /// are looked up in the filed request).
     public func notification(_ requestID: UUID, status: String, technician: String?, message: String, id: MessageID,
                              codec: EnvelopeCodec, form: SecureFormRequest? = nil) async throws -> OutgoingMessage? {
-        let rows = try await database.client.query("""
-            SELECT device_ref, device_encryption_key FROM \(unescaped: database.table("service_requests")) WHERE id = \(requestID)
-            """, logger: logger).collect()
         // A request opened by SMS has no device until the customer opens the link in the app.
-        guard let (deviceRef, encryption) = try rows.first?.decode((ByteBuffer?, ByteBuffer?).self),
+        guard let (deviceRef, encryption) = try await database.client.first(RequestDeviceStatement(requestID: requestID), logger: logger),
               let deviceRef, let encryption else { return nil }
         return try notification(requestID, deviceRef: Array(deviceRef.readableBytesView), deviceKey: Array(encryption.readableBytesView),
                                 status: status, technician: technician, message: message, id: id, codec: codec, form: form)

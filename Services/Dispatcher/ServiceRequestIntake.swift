@@ -93,17 +93,13 @@ public struct ServiceRequestIntake: EnvelopeHandler {
         let id = envelope.header.id.uuid
         let sealed = try VersionedKey(version: atRest.version, key: atRest.key)
             .seal(Array(request.description.utf8), aad: Array(id.uuidString.lowercased().utf8))
-        let table = engine.database.table("service_requests")
         let assertionJSON = String(decoding: ContractCoding.encode(assertion.signed), as: UTF8.self)
-        try await engine.database.client.query("""
-            INSERT INTO \(unescaped: table) (id, account_ref, device_ref, device_encryption_key, category, priority, region, tier,
-                description_sealed, at_rest_key_version, action, rule, assertion)
-            VALUES (\(id), \(ByteBuffer(bytes: assertion.claims.accountRef)), \(ByteBuffer(bytes: assertion.claims.deviceRef)),
-                    \(ByteBuffer(bytes: assertion.claims.deviceEncryptionKey)), \(request.category.lowercased()), \(decision.priority),
-                    \(request.region), \(request.tier), \(ByteBuffer(bytes: sealed)), \(Int32(atRest.version)),
-                    \(decision.action.rawValue), \(decision.rule), \(assertionJSON)::jsonb)
-            ON CONFLICT (id) DO NOTHING
-            """, logger: logger)
+        _ = try await engine.database.client.first(FileServiceRequestStatement(
+            id: id, accountRef: ByteBuffer(bytes: assertion.claims.accountRef), deviceRef: ByteBuffer(bytes: assertion.claims.deviceRef),
+            deviceEncryptionKey: ByteBuffer(bytes: assertion.claims.deviceEncryptionKey), category: request.category.lowercased(),
+            priority: decision.priority, region: request.region, tier: request.tier, descriptionSealed: ByteBuffer(bytes: sealed),
+            atRestKeyVersion: Int32(atRest.version), action: decision.action.rawValue, rule: decision.rule,
+            assertionJSON: assertionJSON), logger: logger)
         logger.info("service request filed", metadata: ["request.id": "\(envelope.header.id)", "action": "\(decision.action.rawValue)",
                                                         "rule": "\(decision.rule ?? "-")"])
         var outputs: [OutgoingMessage] = []

@@ -63,12 +63,9 @@ public struct AlertStore: EnvelopeHandler {
               let reservation = UUID(uuidString: routing.reservationId), routing.signingKey.count == 32 else {
             throw StageError.permanent("alerter.bad_offer", "not an offer with a sealed alert and its routing")
         }
-        try await context.database.client.query("""
-            INSERT INTO \(unescaped: context.database.table("alerts")) (reservation_id, technician_id, alert, signing_key, expires_at)
-            VALUES (\(reservation), \(routing.technicianId), \(ByteBuffer(bytes: Array(alert.bytes))),
-                    \(ByteBuffer(bytes: routing.signingKey)), \(routing.expiresAt))
-            ON CONFLICT (reservation_id) DO NOTHING
-            """, logger: context.logger)
+        _ = try await context.database.client.first(StoreAlertStatement(
+            reservation: reservation, technicianID: routing.technicianId, alert: ByteBuffer(bytes: Array(alert.bytes)),
+            signingKey: ByteBuffer(bytes: routing.signingKey), expiresAt: routing.expiresAt), logger: context.logger)
         context.logger.info("alert stored", metadata: ["reservation": "\(routing.reservationId)"])
         try? await live.notify(routing.technicianId)  // a missed wake-up is caught by the stream's heartbeat
         return []
@@ -153,15 +150,13 @@ public struct TechnicianAPI: Service {
     }
 
     func takeUndelivered(_ technician: String) async throws -> [SealedDelivery] {
-        let rows = try await context.database.client.query("""
-            UPDATE \(unescaped: context.database.table("alerts")) SET delivered_at = now()
-            WHERE technician_id = \(technician) AND delivered_at IS NULL AND answered_at IS NULL AND expires_at > now()
-            RETURNING reservation_id, alert, created_at
-            """, logger: context.logger).collect()
-        return try rows.map { row in
-            let (id, alert, at) = try row.decode((UUID, ByteBuffer, Date).self)
-            return SealedDelivery(id: id.uuidString.lowercased(), requestId: "", sealed: Data(alert.readableBytesView).base64EncodedString(), at: at)
-        }.sorted { $0.at < $1.at }
+        var deliveries: [SealedDelivery] = []
+        for try await (id, alert, at) in try await context.database.client.execute(TakeUndeliveredStatement(technicianID: technician),
+                                                                                  logger: context.logger) {
+            deliveries.append(SealedDelivery(id: id.uuidString.lowercased(), requestId: "",
+                                             sealed: Data(alert.readableBytesView).base64EncodedString(), at: at))
+        }
+        return deliveries.sorted { $0.at < $1.at }
     }
 
     func deliveries(_ items: [SealedDelivery]) throws -> Response {
@@ -235,4 +230,44 @@ public struct TechnicianAPI: Service {
     func checkFreshness(_ timestamp: Int64) throws {
         guard DeviceRequestSignature.isFresh(timestamp, skew: clockSkew) else { throw Problem.staleRequest }
     }
+}
+
+// The alerter's statements per alert, prepared (parsed and planned once per connection;
+// the table is unqualified: connections search the alerter's schema).
+
+/// Keeps an offer's sealed alert until it is delivered and answered (a redelivery inserts nothing).
+struct StoreAlertStatement: PostgresPreparedStatement {
+    static let name = "veil.alerter.store"
+    static let sql = """
+        INSERT INTO alerts (reservation_id, technician_id, alert, signing_key, expires_at) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (reservation_id) DO NOTHING
+        """
+    static let bindingDataTypes: [PostgresDataType] = [.uuid, .text, .bytea, .bytea, .timestamptz]
+    typealias Row = Void
+
+    var reservation: UUID
+    var technicianID: String
+    var alert: ByteBuffer
+    var signingKey: ByteBuffer
+    var expiresAt: Date
+
+    func makeBindings() throws -> PostgresBindings { try PostgresBindings(reservation, technicianID, alert, signingKey, expiresAt) }
+    func decodeRow(_ row: PostgresRow) throws {}
+}
+
+/// A technician's live alerts not delivered yet, marked delivered as they are taken.
+struct TakeUndeliveredStatement: PostgresPreparedStatement {
+    static let name = "veil.alerter.take"
+    static let sql = """
+        UPDATE alerts SET delivered_at = now()
+        WHERE technician_id = $1 AND delivered_at IS NULL AND answered_at IS NULL AND expires_at > now()
+        RETURNING reservation_id, alert, created_at
+        """
+    static let bindingDataTypes: [PostgresDataType] = [.text]
+    typealias Row = (UUID, ByteBuffer, Date)
+
+    var technicianID: String
+
+    func makeBindings() throws -> PostgresBindings { try PostgresBindings(technicianID) }
+    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
