@@ -198,7 +198,7 @@ public struct AgentConsole: Service {
                 defer { previous = digest }
                 return previous != digest
             }
-            return changed ? [(id: digest.prefix(8).map { String(format: "%02x", $0) }.joined(), json: Array("{}".utf8))] : []
+            return changed ? [(id: digest.prefix(8).hexEncoded, json: Array("{}".utf8))] : []
         }
         for field in Self.securityHeaders where response.headers[field.name] == nil { response.headers.append(field) }
         return response

@@ -173,7 +173,7 @@ struct SecureForms: Sendable {
     }
 
     private func tokenize(_ kind: String, _ value: String, last4: String?, keys k: Keys, on connection: PostgresConnection) async throws -> String {
-        let token = "tok_" + k.token.hash(Array((kind + ":" + value).utf8)).prefix(16).map { String(format: "%02x", $0) }.joined()
+        let token = "tok_" + k.token.hash(Array((kind + ":" + value).utf8)).prefix(16).hexEncoded
         try await connection.query("""
             INSERT INTO \(unescaped: database.table("value_tokens")) (token, kind, last4, archive_key_version)
             VALUES (\(token), \(kind), \(last4), \(Int32(k.archive.version))) ON CONFLICT (token) DO NOTHING

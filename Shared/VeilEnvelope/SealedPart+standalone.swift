@@ -1,5 +1,7 @@
 import Crypto
 import Foundation
+import Synchronization
+import VeilCore
 
 /// Parts sealed to keys outside the key directory: a device's or a technician's own
 /// X25519 key. They travel inside envelopes like any part (`EnvelopeDraft.Part.forwarded`)
@@ -30,7 +32,7 @@ extension SealedPart {
 
     /// The reference naming a key outside the directory: `<prefix>-<16 hex of SHA-256(public key)>`.
     public static func reference(prefix: String, for key: Curve25519.KeyAgreement.PublicKey) -> KeyReference {
-        let digest = SHA256.hash(data: key.rawRepresentation).prefix(8).map { String(format: "%02x", $0) }.joined()
+        let digest = SHA256.hash(data: key.rawRepresentation).prefix(8).hexEncoded
         return KeyReference(keyID: "\(prefix)-\(digest)", version: 1)
     }
 }
@@ -60,10 +62,27 @@ extension ServiceIdentity {
     /// A 256-bit key for this service's data at rest, derived from its encryption key
     /// `version` (HKDF with `purpose`): it rotates with the service key, and old
     /// versions keep opening old rows as long as their key files are kept.
+    /// Derived once per purpose and version (a dispatcher derived one per request).
     public func atRestKey(_ purpose: String, version: UInt32? = nil) -> (version: UInt32, key: SymmetricKey)? {
         guard let version = version ?? encryptionVersions.last, let key = encryptionKeys[version] else { return nil }
-        let derived = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: key.rawRepresentation),
-                                            info: Array("veil.at-rest.\(purpose)".utf8), outputByteCount: 32)
+        let derived = atRestKeys.key(purpose, version: version) {
+            HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: key.rawRepresentation),
+                                   info: Array("veil.at-rest.\(purpose)".utf8), outputByteCount: 32)
+        }
         return (version, derived)
+    }
+}
+
+/// An identity's derived at-rest keys, by purpose and version. Its keys never change (a
+/// rotated identity is a new value with a cache of its own), so entries never go stale.
+final class AtRestKeyCache: Sendable {
+    private let keys = Mutex<[String: SymmetricKey]>([:])
+
+    func key(_ purpose: String, version: UInt32, derive: () -> SymmetricKey) -> SymmetricKey {
+        let name = "\(purpose)#\(version)"
+        if let known = keys.withLock({ $0[name] }) { return known }
+        let derived = derive()
+        keys.withLock { $0[name] = derived }
+        return derived
     }
 }

@@ -14,6 +14,8 @@ public struct ServiceIdentity: Sendable, CustomStringConvertible, CustomDebugStr
     public let name: String
     let signingKeys: [UInt32: Curve25519.Signing.PrivateKey]
     let encryptionKeys: [UInt32: Curve25519.KeyAgreement.PrivateKey]
+    /// At-rest keys derived so far (`atRestKey`).
+    let atRestKeys = AtRestKeyCache()
 
     /// An identity from keys already in memory (versions ≥ 1).
     public init(name: String,

@@ -1,10 +1,43 @@
 import Crypto
 import Foundation
 import Testing
+import VeilCore
 @testable import VeilEnvelope
 
 @Suite("Service identities")
 struct ServiceIdentityTests {
+    @Test("an at-rest key is HKDF of the encryption key and the purpose, the same every time, per version; the newest by default")
+    func atRestKeys() throws {
+        let identity = ServiceIdentity.generate(name: "dispatcher").rotated()
+        func expected(_ purpose: String, _ version: UInt32) throws -> SymmetricKey {
+            let raw = try #require(identity.exportedPrivateKey(.encryption, version: version))
+            let key = try Curve25519.KeyAgreement.PrivateKey(rawRepresentation: try #require(Data(base64Encoded: raw)))
+            return HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: key.rawRepresentation),
+                                          info: Array("veil.at-rest.\(purpose)".utf8), outputByteCount: 32)
+        }
+        let requests2 = try expected("service-requests", 2), requests1 = try expected("service-requests", 1)
+        let chats1 = try expected("chat-messages", 1)
+        for _ in 0..<2 {  // derived once, then from the cache: the same either way
+            let newest = try #require(identity.atRestKey("service-requests"))
+            #expect(newest.version == 2)
+            #expect(newest.key == requests2)
+            #expect(identity.atRestKey("service-requests", version: 1)?.key == requests1)
+            #expect(identity.atRestKey("chat-messages", version: 1)?.key == chats1)
+        }
+        #expect(identity.atRestKey("chat-messages", version: 1)?.key != identity.atRestKey("service-requests", version: 1)?.key)
+        #expect(identity.atRestKey("service-requests", version: 3) == nil)
+        // Shredding a version takes its at-rest keys with it, though the original identity derived them before.
+        #expect(identity.removingEncryptionKey(version: 1).atRestKey("service-requests", version: 1) == nil)
+    }
+
+    @Test("hexadecimal is two lowercase digits per byte")
+    func hex() {
+        #expect([UInt8]([0x00, 0x0f, 0xa0, 0xff, 0x42]).hexEncoded == "000fa0ff42")
+        #expect([UInt8]().hexEncoded == "")
+        #expect(SHA256.hash(data: Array("abc".utf8)).hexEncoded
+                == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+
     @Test("loads every key version from files in <folder>/<party>/")
     func loadFromFiles() throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("veil-identity-\(UUID())")

@@ -58,8 +58,7 @@ struct ContractsCommand: ParsableCommand {
                                               enrolledAt: Date(timeIntervalSinceNow: -86_400), authenticatedAt: Date())
             let formSigned = SignedAssertion(assertion: Data(ContractCoding.encode(formAssertion)), signature: Data(repeating: 9, count: 64),
                                              signerKeyId: "ingress.signing", signerVersion: 1)
-            let cardToken = "tok_" + key.derived("veil.value-token.v1").hash(Array("card:4111111111111111".utf8)).prefix(16)
-                .map { String(format: "%02x", $0) }.joined()
+            let cardToken = "tok_" + key.derived("veil.value-token.v1").hash(Array("card:4111111111111111".utf8)).prefix(16).hexEncoded
             let verified = SecureFormResult(formId: pinForm.formId, kind: .pin, outcome: .verified, accountRef: accountRef)
             let tokenized = SecureFormResult(formId: cardForm.formId, kind: .card, outcome: .tokenized, accountRef: accountRef,
                                              last4: "1111", token: cardToken)
