@@ -630,15 +630,13 @@ public struct AssignmentEngine: Sendable {
     @discardableResult
     public func submit(_ request: DispatchRequest) async throws -> Reservation? {
         let statement = submitStatement(request)
-        let rows = try await database.client.execute(statement, logger: logger)
-        return try await reservation(statement.reservation, for: request.id, rows)
+        return reservation(statement.reservation, for: request.id, try await database.client.first(statement, logger: logger))
     }
 
     /// `submit` within the caller's transaction.
     func submit(_ request: DispatchRequest, on connection: PostgresConnection) async throws -> Reservation? {
         let statement = submitStatement(request)
-        let rows = try await connection.execute(statement, logger: logger)
-        return try await reservation(statement.reservation, for: request.id, rows)
+        return reservation(statement.reservation, for: request.id, try await connection.first(statement, logger: logger))
     }
 
     private func submitStatement(_ request: DispatchRequest) -> SubmitRequestStatement {
@@ -648,14 +646,9 @@ public struct AssignmentEngine: Sendable {
                                loadWeight: policy.loadWeight, regionWeight: policy.regionWeight)
     }
 
-    /// The offer a decision function returned (at most one row), if any.
-    private func reservation(_ id: UUID, for requestID: UUID,
-                             _ rows: some AsyncSequence<(String, Date), any Error>) async throws -> Reservation? {
-        var offer: Reservation?
-        for try await (technicianID, expiresAt) in rows where offer == nil {
-            offer = Reservation(id: id, requestID: requestID, technicianID: technicianID, expiresAt: expiresAt)
-        }
-        return offer
+    /// The offer a decision function returned (its row, if any).
+    private func reservation(_ id: UUID, for requestID: UUID, _ row: (technician: String, expiresAt: Date)?) -> Reservation? {
+        row.map { Reservation(id: id, requestID: requestID, technicianID: $0.technician, expiresAt: $0.expiresAt) }
     }
 
     /// Offers a waiting request to the best eligible technician, if any; returns the offer.
@@ -671,7 +664,8 @@ public struct AssignmentEngine: Sendable {
             SELECT technician_id, expires_at FROM \(unescaped: table("offer_request"))(
                 \(requestID), \(reservationID), \(policy.reservationTimeout.seconds), \(policy.loadWeight), \(policy.regionWeight))
             """, logger: logger)
-        return try await reservation(reservationID, for: requestID, rows.decode((String, Date).self))
+        let first = try await rows.decode((String, Date).self).reduce(nil as (String, Date)?) { $0 ?? $1 }
+        return reservation(reservationID, for: requestID, first)
     }
 
     /// Offers waiting requests, most urgent first (priority plus one level per `agingStep`

@@ -102,10 +102,10 @@ public struct MatcherHandler: MessageHandler {
     /// One indexed query for all tokens of a batch.
     func lookup(_ tokens: [Data]) async throws -> [Data: EncryptedRecord] {
         guard !tokens.isEmpty else { return [:] }
-        let rows = try await database.client.execute(RecordsByTokenStatement(tokens: tokens.map { ByteBuffer(bytes: $0) }),
-                                                      logger: logger)
+        let rows = try await database.client.rows(RecordsByTokenStatement(tokens: tokens.map { ByteBuffer(bytes: $0) }),
+                                                   logger: logger)
         var found: [Data: EncryptedRecord] = [:]
-        for try await (token, version, wrapped, ciphertext) in rows {
+        for (token, version, wrapped, ciphertext) in rows {
             found[Data(token.readableBytesView)] = EncryptedRecord(recordKeyVersion: UInt32(version),
                                                                   wrappedDataKey: Data(wrapped.readableBytesView),
                                                                   ciphertext: Data(ciphertext.readableBytesView))

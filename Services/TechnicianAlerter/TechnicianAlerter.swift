@@ -151,8 +151,8 @@ public struct TechnicianAPI: Service {
 
     func takeUndelivered(_ technician: String) async throws -> [SealedDelivery] {
         var deliveries: [SealedDelivery] = []
-        for try await (id, alert, at) in try await context.database.client.execute(TakeUndeliveredStatement(technicianID: technician),
-                                                                                  logger: context.logger) {
+        for (id, alert, at) in try await context.database.client.rows(TakeUndeliveredStatement(technicianID: technician),
+                                                                        logger: context.logger) {
             deliveries.append(SealedDelivery(id: id.uuidString.lowercased(), requestId: "",
                                              sealed: Data(alert.readableBytesView).base64EncodedString(), at: at))
         }

@@ -67,9 +67,55 @@ extension PostgresClient {
     /// Runs a prepared statement and returns its first row, if any. The remaining rows are
     /// read to the end, so the connection goes back to the pool with nothing pending.
     public func first<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> Statement.Row? {
+        try await withConnection { try await $0.first(statement, logger: logger) }
+    }
+
+    /// Runs a prepared statement and returns all its rows.
+    public func rows<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row] {
+        try await withConnection { try await $0.rows(statement, logger: logger) }
+    }
+}
+
+extension PostgresConnection {
+    /// `PostgresClient.first` on this connection (e.g. within a transaction).
+    public func first<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> Statement.Row? {
         var first: Statement.Row?
-        for try await row in try await execute(statement, logger: logger) where first == nil { first = row }
+        try await forEachRow(statement, logger: logger) { if first == nil { first = $0 } }
         return first
+    }
+
+    /// `PostgresClient.rows` on this connection (e.g. within a transaction).
+    public func rows<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger) async throws -> [Statement.Row] {
+        var rows: [Statement.Row] = []
+        try await forEachRow(statement, logger: logger) { rows.append($0) }
+        return rows
+    }
+
+    /// postgres-nio remembers a statement whose preparation failed (its table did not exist
+    /// yet, a grant was missing) and fails it again on this connection for as long as the
+    /// connection lives; PostgreSQL likewise refuses a prepared statement whose result
+    /// columns changed type under it. On such an error the connection is closed, so the pool
+    /// opens a fresh one and the next call prepares again.
+    private func forEachRow<Statement: PostgresPreparedStatement>(_ statement: Statement, logger: Logger,
+                                                                 _ body: (Statement.Row) -> Void) async throws {
+        do {
+            for try await row in try await execute(statement, logger: logger) { body(row) }
+        } catch let error as PSQLError where error.invalidatesPreparedStatements {
+            logger.warning("prepared statement failed on its definition; connection closed",
+                           metadata: ["statement": "\(Statement.name)", "error": "\(safeDescription(error))"])
+            try? await close()
+            throw error
+        }
+    }
+}
+
+extension PSQLError {
+    /// Errors about the objects a statement names or about its plan (SQLSTATE class 42:
+    /// undefined table, column or function, missing privilege; 3F000 invalid schema; 0A000,
+    /// "cached plan must not change result type").
+    var invalidatesPreparedStatements: Bool {
+        guard let state = serverInfo?[.sqlState] else { return false }
+        return state.hasPrefix("42") || state == "3F000" || state == "0A000"
     }
 }
 

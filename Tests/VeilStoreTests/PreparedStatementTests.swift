@@ -105,6 +105,33 @@ struct PreparedStatementTests {
         }
     }
 
+    @Test("a statement that failed on its definition (no table yet, a column's type changed under it) works again once the schema is right")
+    func recoversFromDefinitionErrors() async throws {
+        let schema = uniqueSchema()
+        // One connection: without the recovery, the pool would hand back the connection that
+        // remembers the failed preparation.
+        var configuration = try adminConfiguration()
+        configuration.maximumConnections = 1
+        try await withDatabase(configuration, schema: schema) { database in
+            var early: PSQLError?
+            do { _ = try await database.client.first(NoteByID(id: 1), logger: quietLogger) } catch let error as PSQLError { early = error }
+            #expect(early?.serverInfo?[.sqlState] == "42P01")  // undefined_table
+            try await database.client.withConnection { connection in
+                try await connection.run("CREATE SCHEMA \(schema)")
+                try await connection.run("CREATE TABLE \(schema).notes (id int PRIMARY KEY, body text NOT NULL)")
+                try await connection.run("INSERT INTO \(schema).notes VALUES (1, 'one')")
+            }
+            let created = try await database.client.first(NoteByID(id: 1), logger: quietLogger)
+            #expect(created == "one")
+            try await database.client.withConnection { connection in
+                try await connection.run("ALTER TABLE \(schema).notes ALTER COLUMN body TYPE varchar(40)")
+            }
+            _ = try? await database.client.first(NoteByID(id: 1), logger: quietLogger)  // may fail once: "cached plan must not change result type"
+            let altered = try await database.client.first(NoteByID(id: 1), logger: quietLogger)
+            #expect(altered == "one")
+        }
+    }
+
     @Test("a schema name that is not a plain identifier is refused, in the search path too")
     func badSchemaNames() throws {
         let admin = try adminConfiguration()
