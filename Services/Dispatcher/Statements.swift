@@ -11,6 +11,7 @@ import PostgresNIO
 /// `Deploy/local/pgbench-dispatch.sh` compares both). The name is unqualified: the
 /// database's connections search its schema first (`Database`).
 struct SubmitRequestStatement: PostgresPreparedStatement {
+    static let name = "veil.dispatcher.submit"
     static let sql = """
         SELECT technician_id, expires_at FROM submit_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         """

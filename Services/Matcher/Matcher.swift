@@ -11,7 +11,15 @@ import VeilStore
 
 /// The matcher process.
 public enum Matcher {
-    public static let runtime = ServiceRuntime(service: .matcher) { context in try MatcherHandler.make(context) }
+    /// Its connections also search the filed records' schema (`VEIL_RECORDS_SCHEMA`, read-only
+    /// grant), so its prepared lookup names the vault's tables unqualified.
+    public static let runtime = ServiceRuntime(service: .matcher, readsSchemas: { configuration throws(ConfigurationError) in
+        let records = configuration.setting("VEIL_RECORDS_SCHEMA") ?? ServiceName.keyVault.schema
+        guard Database.isIdentifier(records) else {
+            throw ConfigurationError(variable: "VEIL_RECORDS_SCHEMA", reason: "must match [a-z_][a-z0-9_]*")
+        }
+        return [records]
+    }) { context in try MatcherHandler.make(context) }
 }
 
 /// The answering server's lookup: a batch of match tokens against the filed records,

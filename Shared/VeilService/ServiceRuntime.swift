@@ -32,18 +32,26 @@ public struct ServiceRuntime: Sendable {
     /// handler, and services that run beside the stage (ingress's HTTP API, the
     /// key-vault's grant publisher), which stop before the stage on shutdown.
     public var build: @Sendable (ServiceContext) async throws -> ServiceParts
+    /// Other services' schemas this one reads by a grant (from its configuration): its
+    /// connections search them after its own, so its prepared statements name tables unqualified.
+    public var readsSchemas: @Sendable (ServiceConfiguration) throws(ConfigurationError) -> [String]
 
     public init(service: ServiceName, migrations: [Migration] = [],
+                readsSchemas: @escaping @Sendable (ServiceConfiguration) throws(ConfigurationError) -> [String] = { _ in [] },
                 build: @escaping @Sendable (ServiceContext) async throws -> ServiceParts) {
         self.service = service
         self.migrations = migrations
+        self.readsSchemas = readsSchemas
         self.build = build
     }
 
     /// A service whose only work is its stage handler.
     public init(service: ServiceName, migrations: [Migration] = [],
+                readsSchemas: @escaping @Sendable (ServiceConfiguration) throws(ConfigurationError) -> [String] = { _ in [] },
                 makeHandler: @escaping @Sendable (ServiceContext) async throws -> any MessageHandler) {
-        self.init(service: service, migrations: migrations) { context in ServiceParts(handler: try await makeHandler(context)) }
+        self.init(service: service, migrations: migrations, readsSchemas: readsSchemas) { context in
+            ServiceParts(handler: try await makeHandler(context))
+        }
     }
 
     /// Runs the service until SIGTERM or SIGINT; exits non-zero on a configuration error.
@@ -84,19 +92,9 @@ public struct ServiceRuntime: Sendable {
         } catch {
             throw ConfigurationError(variable: "VEIL_KEYS_DIR", reason: "cannot load keys: \(error.description)")
         }
-        // The matcher reads the vault's filed records (a read-only grant): its connections search
-        // that schema too, so its prepared lookup names the tables unqualified.
-        var alsoSearching: [String] = []
-        if service == .matcher {
-            let records = configuration.setting("VEIL_RECORDS_SCHEMA") ?? ServiceName.keyVault.schema
-            guard Database.isIdentifier(records) else {
-                throw ConfigurationError(variable: "VEIL_RECORDS_SCHEMA", reason: "must match [a-z_][a-z0-9_]*")
-            }
-            alsoSearching = [records]
-        }
         let database = try Database(configuration: configuration.database,
                                     schema: configuration.setting("VEIL_DATABASE_SCHEMA") ?? service.schema,
-                                    alsoSearching: alsoSearching, logger: logger)
+                                    alsoSearching: try readsSchemas(configuration), logger: logger)
         let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: configuration.kafka), logger: logger)
         let grants = GrantedKeys()
         let context = ServiceContext(configuration: configuration, database: database, producer: producer,
