@@ -5,6 +5,10 @@
 # nobody can take against one that is offered. Run on the stack (release build):
 #   Deploy/local/with-stack.sh Deploy/local/pgbench-dispatch.sh
 # Settings: CLIENTS (default 8), CALLS (per client, default 625), ROUNDS (default 3).
+# To weigh a schema change, set BASELINE_SQL and VARIANT_SQL (run in the schema, e.g. dropping
+# and re-adding a constraint; the schema starts as the migrations leave it): each round applies
+# BASELINE_SQL, runs the offered script, applies VARIANT_SQL,
+# runs it again, and prints both.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VEIL_BIN:-$root/.build/release}
@@ -30,7 +34,13 @@ run() {  # run MODE SCRIPT
   "$pgbench" -n -M "$1" -c "${CLIENTS:-8}" -j 2 -t "${CALLS:-625}" -f "$work/$2.sql" "$DATABASE_URL" 2>&1 \
     | sed -n "s/^tps = \([0-9.]*\).*/   $2, -M $1: \1 calls\/s/p"
 }
+in_schema() { psql -q "$DATABASE_URL" -v ON_ERROR_STOP=1 -c "SET search_path = $schema" -c "$1" >/dev/null; }
 echo "== submit_request on $schema, ${CLIENTS:-8} clients × ${CALLS:-625} calls, ${ROUNDS:-3} rounds"
 for _ in $(seq "${ROUNDS:-3}"); do
-  run extended offered; run prepared offered; run prepared nobody
+  if [ -n "${VARIANT_SQL:-}" ]; then
+    in_schema "${BASELINE_SQL:?set BASELINE_SQL with VARIANT_SQL}"; echo "   baseline:"; run prepared offered
+    in_schema "$VARIANT_SQL"; echo "   variant:"; run prepared offered
+  else
+    run extended offered; run prepared offered; run prepared nobody
+  fi
 done

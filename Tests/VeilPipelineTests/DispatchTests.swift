@@ -46,6 +46,20 @@ func execute(_ engine: AssignmentEngine, _ sql: String) async throws {
         .collect()
 }
 
+/// The decision functions keep references whole without foreign keys (migration 024): every
+/// reservation names a filed request and a known technician, every assigned request a known one.
+func expectNoOrphans(_ engine: AssignmentEngine, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let orphans = try await count(engine, """
+        SELECT (SELECT count(*) FROM {schema}.reservations r
+                WHERE NOT EXISTS (SELECT 1 FROM {schema}.dispatch_requests d WHERE d.id = r.request_id)
+                   OR NOT EXISTS (SELECT 1 FROM {schema}.technicians t WHERE t.id = r.technician_id))
+             + (SELECT count(*) FROM {schema}.dispatch_requests d
+                WHERE d.technician_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM {schema}.technicians t WHERE t.id = d.technician_id))
+        """)
+    #expect(orphans == 0, "reservations or requests naming rows that do not exist", sourceLocation: sourceLocation)
+}
+
 func count(_ engine: AssignmentEngine, _ sql: String) async throws -> Int {
     let rows = try await engine.database.client.query(PostgresQuery(unsafeSQL: sql.replacingOccurrences(of: "{schema}", with: engine.database.schema)))
         .collect()
@@ -173,6 +187,7 @@ struct DispatchTests {
 
             try await engine.complete(request.id, technicianID: third.technicianID)
             #expect(try await count(engine, "SELECT sum(active_load) FROM {schema}.technicians") == 0)
+            try await expectNoOrphans(engine)
         }
     }
 
@@ -231,6 +246,7 @@ struct DispatchTests {
             #expect(try await count(engines[0], "SELECT count(*) FROM {schema}.reservations WHERE status = 'pending'") == 10)
             #expect(try await count(engines[0], "SELECT count(*) FROM {schema}.technicians WHERE active_load > capacity") == 0)
             #expect(try await count(engines[0], "SELECT count(*) FROM {schema}.dispatch_requests WHERE status = 'waiting'") == 30)
+            try await expectNoOrphans(engines[0])
         }
     }
 
