@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
+import Synchronization
 import VeilContracts
 import VeilCore
 import VeilEnvelope
@@ -17,6 +18,9 @@ import VeilStore
 struct Households: Sendable {
     let database: Database
     let logger: Logger
+    /// Subkeys per archive version, derived once: a lookup used to run three HKDFs and key
+    /// two HMACs (3 % of the vault's CPU at 500 lookups/s).
+    let subkeys = SubkeyCache()
 
     static let migrations: [Migration] = [
         Migration("004_households", sql: """
@@ -30,18 +34,19 @@ struct Households: Sendable {
             """),
     ]
 
-    /// The archive key's point-of-sale subkeys, for one version.
+    /// The archive key's point-of-sale subkeys, for one version, with their HMAC key
+    /// schedules done.
     struct Keys: Sendable {
         let archive: VersionedKey
-        let reference: VersionedKey
-        let deidentify: VersionedKey
-        let fingerprint: VersionedKey
+        let reference: KeyedHasher
+        let deidentify: KeyedHasher
+        let fingerprint: KeyedHasher
 
         init(_ archive: VersionedKey) {
             self.archive = archive
-            reference = archive.derived("veil.household-ref.v1")
-            deidentify = archive.derived("veil.deidentified-tid.v1")
-            fingerprint = archive.derived("veil.household-fingerprint.v1")
+            reference = archive.derived("veil.household-ref.v1").hasher
+            deidentify = archive.derived("veil.deidentified-tid.v1").hasher
+            fingerprint = archive.derived("veil.household-fingerprint.v1").hasher
         }
 
         static func normalized(_ tid: String) -> [UInt8] {
@@ -52,7 +57,7 @@ struct Households: Sendable {
     /// Files a batch in one statement (upsert by `tid_ref`; unchanged rows are not written).
     func file(_ mappings: [HouseholdMapping], keys: VaultKeySet) async throws {
         guard let archive = keys.current(.archive) else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
-        let k = Keys(archive)
+        let k = subkeys.keys(for: archive)
         var rows: [[UInt8]: (sealed: [UInt8], fingerprint: [UInt8])] = [:]
         for mapping in mappings {
             let tid = Keys.normalized(mapping.tid)
@@ -85,7 +90,7 @@ struct Households: Sendable {
             let tid = Keys.normalized(payload.tid)
             // Every usable archive version, newest first: mappings filed before a rotation still answer.
             for archive in keys.usable(.archive).sorted(by: { $0.version > $1.version }) {
-                let k = Keys(archive)
+                let k = subkeys.keys(for: archive)
                 let ref = k.reference.hash(tid)
                 let found = try await database.client.first(HouseholdStatement(tidRef: ByteBuffer(bytes: ref),
                                                                                archiveVersion: Int32(archive.version)), logger: logger)
@@ -101,6 +106,21 @@ struct Households: Sendable {
         let draft = EnvelopeDraft(id: .derived(from: envelope.header.id, stage: "key-vault.pos"), type: MessageType.posLookupAnswered,
                                   parts: [.sealed(PartLabel.household, payload: ContractCoding.encode(answer), to: [ServiceName.ingress.rawValue])])
         return try codec.message(draft, topic: Topic.posLookupReplies.name, key: message.key)
+    }
+}
+
+/// `Households.Keys` by archive version. A version names one key for good, but the cache
+/// still compares the key itself, so a key set reloaded with different material under a
+/// known version (a misconfigured rotation) derives afresh instead of answering with stale
+/// subkeys.
+final class SubkeyCache: Sendable {
+    private let known = Mutex<[UInt32: Households.Keys]>([:])
+
+    func keys(for archive: VersionedKey) -> Households.Keys {
+        if let cached = known.withLock({ $0[archive.version] }), cached.archive.key == archive.key { return cached }
+        let keys = Households.Keys(archive)
+        known.withLock { $0[archive.version] = keys }
+        return keys
     }
 }
 

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+@testable import KeyVaultService
 import Testing
 import VeilClient
 import VeilContracts
@@ -46,6 +47,22 @@ struct BuildingBlockTests {
         #expect("\(a)" == "VersionedKey(v1, redacted)" && !String(reflecting: a).contains("key:"))
         let ring = KeyRing([a, VersionedKey.generate(version: 2)], current: 1)
         #expect(ring.current?.version == 1 && ring[2] != nil)
+    }
+
+    @Test("the vault's point-of-sale subkeys are derived once per archive version, equal a fresh derivation, and are derived afresh for other material under a known version")
+    func pointOfSaleSubkeys() {
+        let cache = SubkeyCache()
+        let archive = VersionedKey.generate(version: 3)
+        let tid = Array("4000123412341234".utf8)
+        let first = cache.keys(for: archive), again = cache.keys(for: archive)
+        let fresh = Households.Keys(archive)
+        #expect(first.reference.hash(tid) == archive.derived("veil.household-ref.v1").hash(tid))
+        #expect(first.deidentify.hash(tid) == fresh.deidentify.hash(tid) && again.reference.hash(tid) == fresh.reference.hash(tid))
+        #expect(first.reference.hash(tid) != first.deidentify.hash(tid), "separate subkeys per purpose")
+        let impostor = VersionedKey.generate(version: 3)
+        #expect(cache.keys(for: impostor).reference.hash(tid) == impostor.derived("veil.household-ref.v1").hash(tid),
+                "another key under version 3 is not answered with the cached subkeys")
+        #expect(cache.keys(for: archive).reference.hash(tid) == fresh.reference.hash(tid))
     }
 
     @Test("the prepared keyed hasher gives exactly VersionedKey.hash, also when copies are used from several tasks at once")
