@@ -103,6 +103,8 @@ public struct IngressSettings: Sendable {
     public var posLookupTimeout: Duration
     /// Downstream providers the till transactions are sealed to.
     public var posRecipients: [String]
+    /// Purpose subkeys of the pseudonym keys, derived once per version.
+    public let subkeys = SubkeyCache()
 
     public init(_ configuration: ServiceConfiguration) throws {
         port = try configuration.integer("VEIL_HTTP_PORT", in: 0...65535)

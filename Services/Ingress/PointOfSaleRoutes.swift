@@ -308,7 +308,8 @@ extension RequestHandler {
     /// base64(expiry in ms, 8 bytes big-endian ‖ first 16 bytes of HMAC(kL, terminalRef ‖ dTID ‖ HHID ‖ expiry)),
     /// `kL` derived from `kP.dev`: stateless, so any ingress replica checks what another issued.
     func lookupToken(terminalRef: [UInt8], deidentifiedTid: Data, householdId: String, expiresAtMs: Int64) throws -> String {
-        guard let key = settings.pseudonymDevice.current?.derived("veil.pos-lookup-token.v1") else { throw Problem.unavailable }
+        guard let device = settings.pseudonymDevice.current else { throw Problem.unavailable }
+        let key = settings.subkeys.hasher(device, purpose: "veil.pos-lookup-token.v1")
         let expiry = (0..<8).map { UInt8(truncatingIfNeeded: expiresAtMs >> (8 * (7 - $0))) }
         let mac = key.hash(terminalRef + Array(deidentifiedTid) + Array(householdId.utf8) + [0] + expiry)
         return Data(expiry + mac.prefix(16)).base64EncodedString()

@@ -24,12 +24,12 @@ extension RequestHandler {
 
     func accountRef(_ accountId: String) throws -> [UInt8] {
         guard let key = settings.pseudonymID.current else { throw Problem.unavailable }
-        return key.derived("veil.account-ref.v1").hash(Array(accountId.utf8))
+        return settings.subkeys.hasher(key, purpose: "veil.account-ref.v1").hash(Array(accountId.utf8))
     }
 
     func codeHash(_ code: String, account: [UInt8]) throws -> [UInt8] {
         guard let key = settings.pseudonymID.current else { throw Problem.unavailable }
-        return key.derived("veil.enrollment-code.v1").hash(account + Array(code.utf8))
+        return settings.subkeys.hasher(key, purpose: "veil.enrollment-code.v1").hash(account + Array(code.utf8))
     }
 
     func requireAdmin(_ request: Request) throws {

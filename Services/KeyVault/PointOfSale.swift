@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
-import Synchronization
 import VeilContracts
 import VeilCore
 import VeilEnvelope
@@ -42,11 +41,11 @@ struct Households: Sendable {
         let deidentify: KeyedHasher
         let fingerprint: KeyedHasher
 
-        init(_ archive: VersionedKey) {
+        init(_ archive: VersionedKey, subkeys: SubkeyCache) {
             self.archive = archive
-            reference = archive.derived("veil.household-ref.v1").hasher
-            deidentify = archive.derived("veil.deidentified-tid.v1").hasher
-            fingerprint = archive.derived("veil.household-fingerprint.v1").hasher
+            reference = subkeys.hasher(archive, purpose: "veil.household-ref.v1")
+            deidentify = subkeys.hasher(archive, purpose: "veil.deidentified-tid.v1")
+            fingerprint = subkeys.hasher(archive, purpose: "veil.household-fingerprint.v1")
         }
 
         static func normalized(_ tid: String) -> [UInt8] {
@@ -57,7 +56,7 @@ struct Households: Sendable {
     /// Files a batch in one statement (upsert by `tid_ref`; unchanged rows are not written).
     func file(_ mappings: [HouseholdMapping], keys: VaultKeySet) async throws {
         guard let archive = keys.current(.archive) else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
-        let k = subkeys.keys(for: archive)
+        let k = Keys(archive, subkeys: subkeys)
         var rows: [[UInt8]: (sealed: [UInt8], fingerprint: [UInt8])] = [:]
         for mapping in mappings {
             let tid = Keys.normalized(mapping.tid)
@@ -90,7 +89,7 @@ struct Households: Sendable {
             let tid = Keys.normalized(payload.tid)
             // Every usable archive version, newest first: mappings filed before a rotation still answer.
             for archive in keys.usable(.archive).sorted(by: { $0.version > $1.version }) {
-                let k = subkeys.keys(for: archive)
+                let k = Keys(archive, subkeys: subkeys)
                 let ref = k.reference.hash(tid)
                 let found = try await database.client.first(HouseholdStatement(tidRef: ByteBuffer(bytes: ref),
                                                                                archiveVersion: Int32(archive.version)), logger: logger)
@@ -106,21 +105,6 @@ struct Households: Sendable {
         let draft = EnvelopeDraft(id: .derived(from: envelope.header.id, stage: "key-vault.pos"), type: MessageType.posLookupAnswered,
                                   parts: [.sealed(PartLabel.household, payload: ContractCoding.encode(answer), to: [ServiceName.ingress.rawValue])])
         return try codec.message(draft, topic: Topic.posLookupReplies.name, key: message.key)
-    }
-}
-
-/// `Households.Keys` by archive version. A version names one key for good, but the cache
-/// still compares the key itself, so a key set reloaded with different material under a
-/// known version (a misconfigured rotation) derives afresh instead of answering with stale
-/// subkeys.
-final class SubkeyCache: Sendable {
-    private let known = Mutex<[UInt32: Households.Keys]>([:])
-
-    func keys(for archive: VersionedKey) -> Households.Keys {
-        if let cached = known.withLock({ $0[archive.version] }), cached.archive.key == archive.key { return cached }
-        let keys = Households.Keys(archive)
-        known.withLock { $0[archive.version] = keys }
-        return keys
     }
 }
 
