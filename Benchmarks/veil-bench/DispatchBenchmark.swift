@@ -114,7 +114,7 @@ struct DispatchBenchmark: AsyncParsableCommand {
             }
         }
         let client = IngressClient(baseURL: URL(string: base)!)
-        let load = LoadClient(baseURL: base, connections: 32)
+        let load = try LoadClient(baseURL: base)
         defer { load.shutdown() }
         var codeRequest = URLRequest(url: URL(string: base + "/admin/enrollment-codes")!)
         codeRequest.httpMethod = "POST"

@@ -56,7 +56,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         if ingressOnly {
             let device = DeviceIdentity(deviceId: "bench-device-\(UUID().uuidString.prefix(8))")
             try await IngressClient(baseURL: URL(string: url)!).enroll(device)
-            let client = LoadClient(baseURL: url, connections: max(concurrency, 16))
+            let client = try LoadClient(baseURL: url)
             defer { client.shutdown() }
             let latencies = Samples()
             let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
@@ -102,7 +102,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         configuration.timeoutIntervalForRequest = 30
         try await IngressClient(baseURL: URL(string: url)!, session: URLSession(configuration: configuration)).enroll(device)
         // The load generator shares the two cores with the services: a NIO client costs far less than URLSession.
-        let client = LoadClient(baseURL: url, connections: max(concurrency, 16))
+        let client = try LoadClient(baseURL: url)
         defer { client.shutdown() }
         let users = (0..<customers).map { CustomerSample.customerID($0) }
 
@@ -362,47 +362,33 @@ struct CryptoBound: Sendable {
 
 enum BenchError: Error { case failed, status(Int) }
 
-/// A lean HTTP/1.1 client (AsyncHTTPClient on NIO, pooled keep-alive connections) for the load.
+/// The load generator's requests, on `LeanHTTPClient`.
 struct LoadClient: Sendable {
-    let http: HTTPClient
-    let baseURL: String
+    let http: LeanHTTPClient
 
-    init(baseURL: String, connections: Int) {
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connections)
-        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        self.baseURL = baseURL
+    init(baseURL: String) throws {
+        http = try LeanHTTPClient(baseURL: baseURL)
     }
 
     /// Sends a signed inquiry; returns its id on 202.
     func inquire(_ device: DeviceIdentity, userId: String) async throws -> String {
         let signed = try device.inquiry(userId: userId, channel: "app", appVersion: "1.0.0")
-        var request = HTTPClientRequest(url: baseURL + signed.path)
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: DeviceRequestSignature.header, value: signed.signature)
-        request.body = .bytes(ByteBuffer(bytes: signed.body))
-        let response = try await http.execute(request, timeout: .seconds(30))
-        let body = try await response.body.collect(upTo: 64 * 1024)
-        guard response.status.code == 202 else { throw BenchError.status(Int(response.status.code)) }
+        let (status, body) = try await send(signed)
+        guard status == 202 else { throw BenchError.status(status) }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .millisecondsSince1970
-        return try decoder.decode(InquiryStatus.self, from: Data(body.readableBytesView)).id
+        return try decoder.decode(InquiryStatus.self, from: body).id
     }
 
     /// Sends a signed request and returns the status and body.
     func send(_ signed: SignedRequest) async throws -> (Int, Data) {
-        var request = HTTPClientRequest(url: baseURL + signed.path)
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.headers.add(name: DeviceRequestSignature.header, value: signed.signature)
-        request.body = .bytes(ByteBuffer(bytes: signed.body))
-        let response = try await http.execute(request, timeout: .seconds(30))
-        let body = try await response.body.collect(upTo: 64 * 1024)
-        return (Int(response.status.code), Data(body.readableBytesView))
+        let response = try await http.execute(.POST, signed.path, headers: [("Content-Type", "application/json"),
+                                                                           (DeviceRequestSignature.header, signed.signature)],
+                                              body: signed.body)
+        return (response.status, Data(response.body.readableBytesView))
     }
 
-    func shutdown() { try? http.syncShutdown() }
+    func shutdown() { http.shutdown() }
 }
 
 final class Samples: Sendable {

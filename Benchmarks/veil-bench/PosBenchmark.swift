@@ -64,17 +64,14 @@ struct PosBenchmark: AsyncParsableCommand {
         let terminal = DeviceIdentity(deviceId: "bench-till-\(UUID().uuidString.prefix(6))")
         try await ingress.enroll(terminal)
         let vault = try await ingress.vaultKey()
-        let load = LoadClient(baseURL: url, connections: 64)
+        let load = try LoadClient(baseURL: url)
         defer { load.shutdown() }
 
         // Baseline: the HTTP round trip alone, same rate, same client.
         let baselineCPU = ProcessCPU.snapshot()
         let baseline = try await openLoop(rate: rate, seconds: min(seconds, 5)) { _ in
-            var request = HTTPClientRequest(url: url + "/v1/keys/key-vault")
-            request.method = .GET
-            let response = try await load.http.execute(request, timeout: .seconds(30))
-            _ = try await response.body.collect(upTo: 64 * 1024)
-            return response.status.code == 200 ? nil : "status \(response.status.code)"
+            let response = try await load.http.execute(.GET, "/v1/keys/key-vault")
+            return response.status == 200 ? nil : "status \(response.status)"
         }
         let baselineUsage = ProcessCPU.report(from: baselineCPU, to: ProcessCPU.snapshot(), inquiries: baseline.latencies.count)
         report("baseline: ingress HTTP round trip (GET /v1/keys/key-vault)", baseline)

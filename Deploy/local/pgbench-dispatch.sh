@@ -34,7 +34,8 @@ run() {  # run MODE SCRIPT
   "$pgbench" -n -M "$1" -c "${CLIENTS:-8}" -j 2 -t "${CALLS:-625}" -f "$work/$2.sql" "$DATABASE_URL" 2>&1 \
     | sed -n "s/^tps = \([0-9.]*\).*/   $2, -M $1: \1 calls\/s/p"
 }
-in_schema() { psql -q "$DATABASE_URL" -v ON_ERROR_STOP=1 -c "SET search_path = $schema" -c "$1" >/dev/null; }
+# Statement by statement (not one -c transaction), so the SQL may VACUUM.
+in_schema() { printf '%s\n' "SET search_path = $schema;" "$1" | psql -q -v ON_ERROR_STOP=1 "$DATABASE_URL" >/dev/null; }
 echo "== submit_request on $schema, ${CLIENTS:-8} clients × ${CALLS:-625} calls, ${ROUNDS:-3} rounds"
 for _ in $(seq "${ROUNDS:-3}"); do
   if [ -n "${VARIANT_SQL:-}" ]; then
