@@ -154,6 +154,29 @@ struct DispatchTests {
         }
     }
 
+    @Test("an idle technician away beats sixteen at home only when their load outweighs the region weight, just over or just under it")
+    func awayJustOverTheRegionWeight() async throws {
+        // Default weights: load 1.0, region 0.5. Seventeen at home in the west at 6/10 rank
+        // 0.6; one away (home east, also serving the west) at 0/10 ranks 0.5 and wins. At 4/10
+        // the home ones rank 0.4 and win. The first case needs the away candidates although
+        // the 16th at home is barely loaded enough for anyone away to rank: a decision that
+        // skipped them whenever that margin is under 0.2 fails here (tried).
+        for (homeLoad, awayWins) in [(6, true), (4, false)] {
+            try await DispatchWorld().run { engines in
+                let engine = engines[0]
+                for i in 0..<17 {
+                    let id = String(format: "home%02d", i)
+                    try await engine.upsert(Technician(id: id, name: id, skills: ["network"], regions: ["west"], homeRegion: "west", capacity: 10))
+                    try await execute(engine, "UPDATE {schema}.technicians SET active_load = \(homeLoad) WHERE id = '\(id)'")
+                }
+                try await engine.upsert(Technician(id: "away", name: "away", skills: ["network"], regions: ["east", "west"],
+                                                   homeRegion: "east", capacity: 10))
+                let offer = try #require(try await engine.submit(DispatchWorld.request(region: "west")))
+                #expect((offer.technicianID == "away") == awayWins, "home at \(homeLoad)/10: offered to \(offer.technicianID)")
+            }
+        }
+    }
+
     @Test("a declined offer goes to the next candidate; an unanswered one times out to the next; an accepted one is assigned")
     func declineTimeoutAccept() async throws {
         try await DispatchWorld().run { engines in
