@@ -83,6 +83,8 @@ public struct ServiceConfiguration: Sendable {
                               "postgres://user:password@host:port/db[?sslmode=require] for the service's own role"),
         ConfigurationVariable("VEIL_DATABASE_SCHEMA",
                               "The service's schema (default: its name, e.g. key_vault); its role must own it"),
+        ConfigurationVariable("VEIL_DATABASE_MAX_CONNECTIONS", default: "8",
+                              "Connections each replica's PostgreSQL pool may open (mind max_connections across replicas)"),
         ConfigurationVariable("VEIL_ADMIN_HOST", default: "0.0.0.0", "Address of the health and metrics server"),
         ConfigurationVariable("VEIL_ADMIN_PORT", default: "9090", "Port of /health/live, /health/ready and /metrics"),
         ConfigurationVariable("VEIL_LOG_LEVEL", default: "info", "trace, debug, info, notice, warning, error or critical"),
@@ -224,12 +226,13 @@ public struct ServiceConfiguration: Sendable {
             if let numbers { _ = try integer(variable, in: numbers) }
             properties[property] = v
         }
-        let database: DatabaseConfiguration
+        var database: DatabaseConfiguration
         do { database = try DatabaseConfiguration(url: try required("DATABASE_URL")) } catch let error as ConfigurationError {
             throw error
         } catch {
             throw ConfigurationError(variable: "DATABASE_URL", reason: "must look like postgres://user:password@host:port/database")
         }
+        database.maximumConnections = try integer("VEIL_DATABASE_MAX_CONNECTIONS", in: 1...1_000)
         let level = value("VEIL_LOG_LEVEL") ?? "info"
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
             throw ConfigurationError(variable: "VEIL_LOG_LEVEL", reason: "must be one of trace, debug, info, notice, warning, error, critical")

@@ -46,6 +46,10 @@ struct ServiceRuntimeTests {
         #expect(configuration.topicPartitions == 12)
         #expect(configuration.kafka.clientID == "veil-matcher")
         #expect(configuration.database.username == "u")
+        #expect(configuration.database.maximumConnections == 8)
+        var more = complete
+        more["VEIL_DATABASE_MAX_CONNECTIONS"] = "24"
+        #expect(try ServiceConfiguration.load(service: .matcher, environment: more).database.clientConfiguration.options.maximumConnections == 24)
     }
 
     @Test("each missing or bad variable is named in the error", arguments: [
@@ -60,6 +64,8 @@ struct ServiceRuntimeTests {
         ("KAFKA_LINGER_MS", "-1", "integer in 0...900000"),
         ("KAFKA_QUEUED_MAX_KBYTES", "lots", "integer"),
         ("KAFKA_QUEUED_MAX_KBYTES", "0", "integer in 1...2097151"),
+        ("VEIL_DATABASE_MAX_CONNECTIONS", "0", "integer in 1...1000"),
+        ("VEIL_DATABASE_MAX_CONNECTIONS", "many", "integer"),
     ] as [(String, String?, String)])
     func badVariable(variable: String, value: String?, message: String) throws {
         var environment = complete
