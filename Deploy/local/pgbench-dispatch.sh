@@ -5,10 +5,9 @@
 # nobody can take against one that is offered. Run on the stack (release build):
 #   Deploy/local/with-stack.sh Deploy/local/pgbench-dispatch.sh
 # Settings: CLIENTS (default 8), CALLS (per client, default 625), ROUNDS (default 3).
-# To weigh a schema change, set BASELINE_SQL and VARIANT_SQL (run in the schema, e.g. dropping
-# and re-adding a constraint; the schema starts as the migrations leave it): each round applies
-# BASELINE_SQL, runs the offered script, applies VARIANT_SQL,
-# runs it again, and prints both.
+# To weigh a schema change, set BASELINE_SQL and VARIANT_SQL (run in the schema, statement by
+# statement; the schema starts as the migrations leave it): each round applies BASELINE_SQL,
+# runs the offered script, applies VARIANT_SQL, runs it again, and prints both rates.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VEIL_BIN:-$root/.build/release}

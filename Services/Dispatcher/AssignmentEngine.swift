@@ -583,9 +583,10 @@ public struct AssignmentEngine: Sendable {
         // locked) and the technician `pick_worker` locked, in the same transaction, and
         // neither table ever deletes a row. Each check is a `SELECT … FOR KEY SHARE` run from
         // an after-trigger per inserted row (and one queued for the request's empty
-        // `technician_id`): `pgbench` on `submit_request` (`Deploy/local/pgbench-dispatch.sh`
-        // shape, 8 clients, 1,000 technicians, alternating) gave 1,195–1,216 calls/s with them
-        // and 1,474–1,511 without. The dispatch tests check for orphans instead.
+        // `technician_id`): `Deploy/local/pgbench-dispatch.sh` with BASELINE_SQL re-adding them
+        // and VARIANT_SQL dropping them (8 clients, 1,000 technicians, three rounds) gave
+        // 1,916–2,107 calls/s with them and 2,581–2,719 without. The dispatch tests check for
+        // orphans instead (`expectNoOrphans`).
         Migration("024_dispatch_decisions_without_foreign_keys", sql: """
             ALTER TABLE {schema}.reservations DROP CONSTRAINT IF EXISTS reservations_request_id_fkey,
                                               DROP CONSTRAINT IF EXISTS reservations_technician_id_fkey;
