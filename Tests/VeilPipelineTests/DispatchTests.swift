@@ -177,6 +177,35 @@ struct DispatchTests {
         }
     }
 
+    @Test("the tables refuse an unknown status, kind or activity and a negative load or capacity")
+    func guardsOnStatusesKindsAndCounts() async throws {
+        try await DispatchWorld().run { engines in
+            let engine = engines[0]
+            try await engine.upsert(Technician(id: "t1", name: "T1", skills: ["network"], regions: ["north"], homeRegion: "north", capacity: 2))
+            let offer = try #require(try await engine.submit(DispatchWorld.request()))
+            let refused = [
+                "UPDATE {schema}.technicians SET active_load = -1 WHERE id = 't1'",
+                "UPDATE {schema}.technicians SET capacity = -1 WHERE id = 't1'",
+                "UPDATE {schema}.technicians SET activity = 'napping' WHERE id = 't1'",
+                "UPDATE {schema}.technicians SET kind = 'robot' WHERE id = 't1'",
+                "UPDATE {schema}.dispatch_requests SET status = 'lost' WHERE id = '\(offer.requestID)'",
+                "UPDATE {schema}.dispatch_requests SET worker_kind = 'robot' WHERE id = '\(offer.requestID)'",
+                "UPDATE {schema}.reservations SET status = 'maybe' WHERE id = '\(offer.id)'",
+                "INSERT INTO {schema}.reservations (id, request_id, technician_id, status, expires_at) VALUES (gen_random_uuid(), '\(offer.requestID)', 't1', 'maybe', now())",
+            ]
+            for sql in refused {
+                await #expect(throws: PSQLError.self, "accepted: \(sql)") { try await execute(engine, sql) }
+                do { try await execute(engine, sql) } catch let error as PSQLError {
+                    #expect(error.serverInfo?[.sqlState] == "23514", "\(sql): \(String(reflecting: error))")
+                }
+            }
+            // The same columns take every value the code writes.
+            try await execute(engine, "UPDATE {schema}.technicians SET activity = 'busy', kind = 'agent', active_load = 0 WHERE id = 't1'")
+            try await execute(engine, "UPDATE {schema}.reservations SET status = 'transferred' WHERE id = '\(offer.id)'")
+            try await execute(engine, "UPDATE {schema}.dispatch_requests SET status = 'cancelled' WHERE id = '\(offer.requestID)'")
+        }
+    }
+
     @Test("a declined offer goes to the next candidate; an unanswered one times out to the next; an accepted one is assigned")
     func declineTimeoutAccept() async throws {
         try await DispatchWorld().run { engines in
