@@ -151,11 +151,33 @@ final class PendingLookups: Sendable {
     }
 
     var count: Int { state.withLock { $0.slots.count } }
+
+    /// Whether a lookup with this id was made here and is not finished yet.
+    func awaits(_ id: String) -> Bool {
+        state.withLock { $0.slots[id] != nil }
+    }
+
+    /// The replies in `batch` that may answer a lookup made here, judged by the Kafka key
+    /// (the key-vault keys its reply with the lookup's key, the lookup id) before anything
+    /// is verified. Every replica reads every reply, so without this each replica would
+    /// verify and open all of them (an Ed25519 verification and an X25519 agreement each,
+    /// about a quarter of ingress's work per lookup) and its share of that work would grow
+    /// with the number of replicas. The key only selects what to verify: what a reply
+    /// answers is read from its verified content. A reply without a key is verified.
+    func addressedHere(_ batch: [KafkaMessage]) -> [KafkaMessage] {
+        state.withLock { state in
+            batch.filter { message in
+                guard let key = message.key else { return true }
+                return state.slots[String(decoding: key, as: UTF8.self)] != nil
+            }
+        }
+    }
 }
 
 /// Reads `veil.pos.lookups.replies.v1` from the end with a consumer group of this
-/// replica's own, verifies each reply (signed by the key-vault, sealed to ingress) and
-/// wakes the waiting lookup.
+/// replica's own, verifies each reply to a lookup made here (signed by the key-vault,
+/// sealed to ingress) and wakes the waiting lookup; replies to other replicas' lookups
+/// are skipped unverified (`PendingLookups.addressedHere`).
 struct PosReplyFollower: Service {
     let consumer: KafkaConsumer
     let codec: EnvelopeCodec
@@ -184,7 +206,8 @@ struct PosReplyFollower: Service {
         defer { sweeper.cancel() }
         try await withGracefulShutdownHandler {
             while let batch = try await consumer.nextBatch() {
-                for (message, result) in zip(batch, await codec.verify(batch)) {
+                let mine = pending.addressedHere(batch)
+                for (message, result) in zip(mine, await codec.verify(mine)) {
                     switch result {
                     case .success(let envelope):
                         guard envelope.header.type == MessageType.posLookupAnswered, let bytes = envelope.payload(PartLabel.household),

@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import Testing
 import VeilContracts
+import VeilKafka
 
 /// The table of point-of-sale lookups waiting for the key-vault's reply: every way a
 /// lookup ends (answered early, answered late, timed out, cancelled, shut down) and
@@ -71,6 +72,23 @@ struct PendingLookupsTests {
     @Test("a replica drops replies to lookups it never made")
     func foreignReply() {
         #expect(!PendingLookups().deliver(Self.answer("someone-else's")))
+    }
+
+    @Test("a replica verifies only the replies keyed with a lookup it is waiting for (and any without a key)")
+    func repliesSelectedByKey() async throws {
+        let pending = PendingLookups()
+        let published = Flag()
+        let lookup = Task { try await pending.exchange("mine", timeout: .seconds(60)) { published.set() } }
+        while !published.isSet { await Task.yield() }
+        func reply(_ key: String?, offset: Int64) -> KafkaMessage {
+            KafkaMessage(topic: Topic.posLookupReplies.name, partition: 0, offset: offset, key: key.map { Array($0.utf8) }, value: [1])
+        }
+        let batch = [reply("other-replica's", offset: 0), reply("mine", offset: 1), reply(nil, offset: 2), reply("mine-not", offset: 3)]
+        #expect(pending.addressedHere(batch).map(\.offset) == [1, 2])
+        #expect(pending.deliver(Self.answer("mine")))
+        #expect(try await lookup.value == Self.answer("mine"))
+        // Answered and collected: a redelivered copy is not verified again.
+        #expect(pending.addressedHere(batch).map(\.offset) == [2])
     }
 
     @Test("a cancelled lookup (the till hung up) returns nil at once and leaves nothing behind")
