@@ -94,6 +94,12 @@ down() {
     as_postgres "$(cat "$state/pg.bin")/pg_ctl" -D "$state/pg" -m fast -w stop >/dev/null 2>&1 || true
     rm -f "$state/pg.bin"
   fi
+  # A cluster kept in /dev/shm is memory: give it back (the next `up` recreates it anyway),
+  # keeping the server's log beside the other state.
+  if [ -L "$state/pg" ] && [ -d "$state/pg" ] && [ ! -f "$state/pg/postmaster.pid" ]; then
+    cp "$state/pg/server.log" "$state/pg-server.log" 2>/dev/null || true
+    rm -rf "$(readlink -f "$state/pg")" "$state/pg"
+  fi
   [ "${1:-}" = quiet ] || echo "==> stack stopped"
 }
 
