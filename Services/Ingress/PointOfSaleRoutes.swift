@@ -182,6 +182,7 @@ struct PosReplyFollower: Service {
     let consumer: KafkaConsumer
     let codec: EnvelopeCodec
     let pending: PendingLookups
+    let metrics: ServiceMetrics
     let logger: Logger
 
     init(context: ServiceContext, pending: PendingLookups) throws {
@@ -194,7 +195,16 @@ struct PosReplyFollower: Service {
         consumer = try KafkaConsumer(configuration: configuration, logger: context.logger)
         codec = context.codec
         self.pending = pending
+        metrics = context.metrics
         logger = context.logger
+    }
+
+    /// `veil_pos_replies_total{outcome}`: answered (a waiting lookup here got it), late (verified,
+    /// nobody waits any more), rejected (failed verification or unreadable), skipped (keyed
+    /// with a lookup made on another replica: not verified here).
+    private func count(_ outcome: String, _ amount: Int = 1) {
+        guard amount > 0 else { return }
+        metrics.count("pos_replies", help: "Point-of-sale replies read by this replica, by outcome", label: ("outcome", outcome), by: amount)
     }
 
     /// Whether it was assigned its partitions: replies published from now on will be read.
@@ -207,19 +217,22 @@ struct PosReplyFollower: Service {
         try await withGracefulShutdownHandler {
             while let batch = try await consumer.nextBatch() {
                 let mine = pending.addressedHere(batch)
+                count("skipped", batch.count - mine.count)
                 for (message, result) in zip(mine, await codec.verify(mine)) {
                     switch result {
                     case .success(let envelope):
                         guard envelope.header.type == MessageType.posLookupAnswered, let bytes = envelope.payload(PartLabel.household),
                               let answer = try? ContractCoding.decode(HouseholdAnswer.self, from: bytes) else {
                             logger.warning("unreadable lookup reply dropped", metadata: ["message.id": "\(envelope.header.id)"])
+                            count("rejected")
                             continue
                         }
-                        pending.deliver(answer)
+                        count(pending.deliver(answer) ? "answered" : "late")
                     case .failure(let error):
                         // A reply nobody can trust is dropped: the lookup times out with a clear error.
                         logger.warning("lookup reply rejected", metadata: ["code": "\(error.code)", "partition": "\(message.partition)",
                                                                           "offset": "\(message.offset)"])
+                        count("rejected")
                     }
                 }
                 consumer.markProcessed(batch)

@@ -65,6 +65,8 @@ final class PipelineWorld: Sendable {
     private let tasks = Mutex<[ServiceName: Task<Void, any Error>]>([:])
     private let switches = Mutex<[ServiceName: ShutdownSwitch]>([:])
     private let adminPorts = Mutex<[ServiceName: Int]>([:])
+    /// Extra replicas (`startReplica`), stopped with the world.
+    private let replicas = Mutex<[(ServiceName, Task<Void, any Error>)]>([])
     let environment: [ServiceName: [String: String]]
 
     private init(cluster: EmbeddedKafkaCluster, keys: KeyFolder, admin: DatabaseConfiguration, roles: [ServiceName: DatabaseConfiguration],
@@ -131,24 +133,52 @@ final class PipelineWorld: Sendable {
 
     /// Starts one service and waits until `/health/ready` answers 200.
     func startService(_ service: ServiceName) async throws {
-        let configuration = try ServiceConfiguration.load(service: service, environment: environment[service]!)
-        let adminPort = Mutex<Int>(0)
-        let logger = logs.logger(service)
         let shutdown = ShutdownSwitch()
-        let task = Task {
-            try await Self.runtime(service).run(configuration: configuration, logger: logger, shutdown: shutdown) { port in
-                adminPort.withLock { $0 = port }
-            }
-        }
+        let (task, adminPort) = try launch(service, environment: environment[service]!, shutdown: shutdown)
         tasks.withLock { $0[service] = task }
         switches.withLock { $0[service] = shutdown }
+        let port = try await waitUntilReady(service, adminPort: adminPort)
+        adminPorts.withLock { $0[service] = port }
+    }
+
+    /// Starts one more replica of `service` with its own HTTP and admin ports (the same
+    /// database role, keys and broker, as replicas of a deployment share them), waits until
+    /// it is ready and returns its HTTP base URL and admin port. It stops with the world.
+    func startReplica(of service: ServiceName) async throws -> (api: URL, adminPort: Int) {
+        let httpPort = try freePort()
+        var settings = environment[service]!
+        settings["VEIL_HTTP_PORT"] = String(httpPort)
+        let (task, adminPort) = try launch(service, environment: settings, shutdown: ShutdownSwitch())
+        replicas.withLock { $0.append((service, task)) }
+        let port = try await waitUntilReady(service, adminPort: adminPort)
+        return (URL(string: "http://127.0.0.1:\(httpPort)")!, port)
+    }
+
+    /// The admin port a starting service reports once it listens.
+    private final class AdminPort: Sendable {
+        let port = Mutex<Int>(0)
+    }
+
+    private func launch(_ service: ServiceName, environment: [String: String], shutdown: ShutdownSwitch) throws
+        -> (Task<Void, any Error>, AdminPort) {
+        let configuration = try ServiceConfiguration.load(service: service, environment: environment)
+        let adminPort = AdminPort()
+        let logger = logs.logger(service)
+        let task = Task {
+            try await Self.runtime(service).run(configuration: configuration, logger: logger, shutdown: shutdown) { port in
+                adminPort.port.withLock { $0 = port }
+            }
+        }
+        return (task, adminPort)
+    }
+
+    private func waitUntilReady(_ service: ServiceName, adminPort: AdminPort) async throws -> Int {
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
-            let port = adminPort.withLock { $0 }
+            let port = adminPort.port.withLock { $0 }
             if port > 0, let (_, response) = try? await URLSession.shared.boundedData(for: URLRequest(url: URL(string: "http://127.0.0.1:\(port)/health/ready")!, timeoutInterval: 10)),
                response.statusCode == 200 {
-                adminPorts.withLock { $0[service] = port }
-                return
+                return port
             }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -157,7 +187,11 @@ final class PipelineWorld: Sendable {
 
     /// The service's `/metrics` exposition.
     func metrics(_ service: ServiceName) async throws -> String {
-        let port = try #require(adminPorts.withLock { $0[service] })
+        try await metrics(adminPort: try #require(adminPorts.withLock { $0[service] }))
+    }
+
+    /// The `/metrics` exposition on an admin port (a replica's, from `startReplica`).
+    func metrics(adminPort port: Int) async throws -> String {
         let (body, _) = try await URLSession.shared.boundedData(for: URLRequest(url: URL(string: "http://127.0.0.1:\(port)/metrics")!))
         return String(decoding: body, as: UTF8.self)
     }
@@ -206,6 +240,16 @@ final class PipelineWorld: Sendable {
     }
 
     func stop() async {
+        let extra = replicas.withLock { replicas in
+            defer { replicas.removeAll() }
+            return replicas
+        }
+        for (service, task) in extra {
+            task.cancel()
+            if await !finishes(within: .seconds(60), { _ = await task.result }) {
+                recordStuck(service, "(an extra replica) did not stop within 60 s of being cancelled")
+            }
+        }
         for service in tasks.withLock({ Array($0.keys) }) { await kill(service) }
         try? FileManager.default.removeItem(at: keys.url)
     }

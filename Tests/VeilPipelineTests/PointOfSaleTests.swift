@@ -140,6 +140,40 @@ extension PipelineSuites {
             await world.stop()
         }
 
+        @Test("two ingress replicas each answer their own tills, and each verifies only the replies to its own lookups")
+        func twoReplicas() async throws {
+            let world = try await PipelineWorld.start([.ingress, .keyVault])
+            defer { Task { await world.stop() } }
+            let file = ReferenceFileExporter.sampleHouseholds(count: Self.households)
+            let mapping = Dictionary(uniqueKeysWithValues: file.split(separator: "\n").dropFirst().map {
+                let columns = $0.split(separator: ","); return (String(columns[0]), String(columns[1]))
+            })
+            _ = try await world.exportReference(.households, csv: file)
+            try await world.waitForCount("SELECT count(*) FROM key_vault.households", atLeast: Self.households)
+            let second = try await world.startReplica(of: .ingress)
+            let replicas = [(client: world.client, till: DeviceIdentity(deviceId: "till-first")),
+                            (client: IngressClient(baseURL: second.api), till: DeviceIdentity(deviceId: "till-second"))]
+            for replica in replicas { try await replica.client.enroll(replica.till) }
+            let vault = try await world.client.vaultKey()
+            let lookupsEach = 5
+            for n in 0..<lookupsEach {
+                for replica in replicas {
+                    let tid = ReferenceFileExporter.sampleTID(n + 1)
+                    #expect(try await replica.client.posLookup(replica.till, tid: tid, vault: vault).householdId == mapping[tid])
+                }
+            }
+            func replies(_ exposition: String, _ outcome: String) -> Int {
+                exposition.split(separator: "\n").first { $0.hasPrefix("veil_pos_replies_total{outcome=\"\(outcome)\"}") }
+                    .flatMap { $0.split(separator: " ").last }.flatMap { Int($0) } ?? 0
+            }
+            for exposition in [try await world.metrics(.ingress), try await world.metrics(adminPort: second.adminPort)] {
+                #expect(replies(exposition, "answered") == lookupsEach)
+                #expect(replies(exposition, "skipped") == lookupsEach, "the other replica's replies are not verified here")
+                #expect(replies(exposition, "rejected") == 0 && replies(exposition, "late") == 0)
+            }
+            await world.stop()
+        }
+
         @Test("when the key-vault does not answer in time, the till gets 504 pos_vault_timeout, not a hang")
         func vaultTimeout() async throws {
             let world = try await PipelineWorld.start([.ingress], settings: ["VEIL_POS_LOOKUP_TIMEOUT_MS": "400"])
