@@ -284,6 +284,27 @@ extension PipelineSuites {
             #expect(notes.map(\.status) == ["received"] && notes.first?.requestId == receipt.id, "the customer's live inbox")
         }
 
+        @Test("a customer's live inbox on one ingress replica receives the confirmation whichever replica filed it")
+        func liveInboxOnAnotherReplica() async throws {
+            let world = try await PipelineWorld.start([.ingress, .dispatcher], settings: ["VEIL_INGRESS_ADMIN_TOKEN": PipelineWorld.adminToken])
+            defer { Task { await world.stop() } }
+            let second = IngressClient(baseURL: try await world.startReplica(of: .ingress).api)
+            let code = try await world.enrollmentCode(for: "CUST-TWO")
+            let customer = DeviceIdentity(deviceId: "phone-\(UUID().uuidString.prefix(6))")
+            try await world.client.enroll(customer, accountId: "CUST-TWO", code: code)
+            // Both replicas consume the notifications topic as one group, so either may file the
+            // confirmation; the stream on the second is woken by PostgreSQL's NOTIFY either way.
+            // It lasts 12 s, less than the stream's 15 s heartbeat, so only NOTIFY can deliver
+            // a confirmation filed after it opened.
+            let inbox = Task { try await second.inboxStream(customer, seconds: 12) }
+            try await Task.sleep(for: .seconds(1))
+            let receipt = try await world.client.submit(customer, ServiceRequestPayload(category: "outage", priority: 2,
+                                                                                         description: "No signal", region: "north"))
+            let notes = try await inbox.value
+            #expect(notes.first?.status == "received" && notes.first?.requestId == receipt.id,
+                    "the live inbox on the other replica: \(notes.map(\.status))")
+        }
+
         @Test("an offer is alerted sealed to the technician; a decline moves it on; accept, en route and completed reach the customer's inbox; only the parties read it")
         func dispatchEndToEnd() async throws {
             let alerterPort = try freePort()
