@@ -193,17 +193,46 @@ extension PipelineSuites {
                 let status = try await world.client.inquire(device, userId: user)
                 sent[status.id] = user
             }
-            // Every inquiry arrives (the restarted member may first wait out the killed one's session)…
+            try await Self.expectEachInsightOnce(world, sent: sent)
+            await world.stop()
+        }
+
+        /// Every inquiry of `sent` arrives (a restarted or surviving member may first wait out
+        /// the killed one's session) and none twice: the whole topic, read again, holds one
+        /// insight per inquiry. A crash is not a failure of the messages in hand: nothing was
+        /// dead-lettered for it.
+        static func expectEachInsightOnce(_ world: PipelineWorld, sent: [String: String],
+                                          sourceLocation: SourceLocation = #_sourceLocation) async throws {
             let insights = try await world.insights(count: sent.count, idle: .seconds(40))
-            #expect(insights.count == sent.count, "no inquiry lost")
-            // …and nothing arrives twice: the whole topic, read again, holds one insight per inquiry.
+            #expect(insights.count == sent.count, "no inquiry lost", sourceLocation: sourceLocation)
             let everything = try await world.readAll([Topic.insights.name], idle: .seconds(5))
-            #expect(everything.count == sent.count, "no inquiry duplicated downstream")
-            // A crash is not a failure of the messages in hand: nothing was dead-lettered for it.
+            #expect(everything.count == sent.count, "no inquiry duplicated downstream", sourceLocation: sourceLocation)
             let deadLetters = [Topic.inquiriesTokenized, .inquiriesMatched].map(\.deadLetter.name)
-            #expect(try await world.readAll(deadLetters, firstWait: .seconds(5)).isEmpty, "nothing dead-lettered by the crash")
-            #expect(Set(insights.map(\.inquiryId)) == Set(sent.keys))
-            #expect(insights.allSatisfy { $0.matched })
+            #expect(try await world.readAll(deadLetters, firstWait: .seconds(5)).isEmpty, "nothing dead-lettered by the crash",
+                    sourceLocation: sourceLocation)
+            #expect(Set(insights.map(\.inquiryId)) == Set(sent.keys), sourceLocation: sourceLocation)
+            #expect(insights.allSatisfy { $0.matched }, sourceLocation: sourceLocation)
+        }
+
+        @Test("with two matcher replicas, killing one mid-stream hands its partitions to the other: nothing lost, nothing duplicated")
+        func replicaTakesOver() async throws {
+            let world = try await PipelineWorld.start()
+            defer { Task { await world.stop() } }
+            let customers = Customers(count: 100)
+            _ = try await world.export(csv: customers.csv)
+            try await world.waitUntilFiled(100)
+            _ = try await world.startReplica(of: .matcher)
+            let device = DeviceIdentity(deviceId: "device-replicas")
+            try await world.client.enroll(device)
+            var sent: [String: String] = [:]
+            for (i, user) in customers.rows.keys.sorted().enumerated().prefix(60) {
+                // The group shares the topic's four partitions between the two; from here on the
+                // survivor gets the killed member's too, once the group notices it is gone.
+                if i == 20 { await world.kill(.matcher) }
+                let status = try await world.client.inquire(device, userId: user)
+                sent[status.id] = user
+            }
+            try await Self.expectEachInsightOnce(world, sent: sent)
             await world.stop()
         }
     }
