@@ -152,18 +152,14 @@ final class PendingLookups: Sendable {
 
     var count: Int { state.withLock { $0.slots.count } }
 
-    /// Whether a lookup with this id was made here and is not finished yet.
-    func awaits(_ id: String) -> Bool {
-        state.withLock { $0.slots[id] != nil }
-    }
-
     /// The replies in `batch` that may answer a lookup made here, judged by the Kafka key
     /// (the key-vault keys its reply with the lookup's key, the lookup id) before anything
     /// is verified. Every replica reads every reply, so without this each replica would
     /// verify and open all of them (an Ed25519 verification and an X25519 agreement each,
     /// about a quarter of ingress's work per lookup) and its share of that work would grow
     /// with the number of replicas. The key only selects what to verify: what a reply
-    /// answers is read from its verified content. A reply without a key is verified.
+    /// answers is read from its verified content. A reply without a key is verified; one
+    /// to a lookup that already ended here (timed out, cancelled) is not.
     func addressedHere(_ batch: [KafkaMessage]) -> [KafkaMessage] {
         state.withLock { state in
             batch.filter { message in
@@ -200,8 +196,9 @@ struct PosReplyFollower: Service {
     }
 
     /// `veil_pos_replies_total{outcome}`: answered (a waiting lookup here got it), late (verified,
-    /// nobody waits any more), rejected (failed verification or unreadable), skipped (keyed
-    /// with a lookup made on another replica: not verified here).
+    /// but its lookup ended meanwhile, or a second copy), rejected (failed verification or
+    /// unreadable), skipped (not verified here: keyed with another replica's lookup, or with
+    /// one of ours that already ended, such as a reply after the time-out).
     private func count(_ outcome: String, _ amount: Int = 1) {
         guard amount > 0 else { return }
         metrics.count("pos_replies", help: "Point-of-sale replies read by this replica, by outcome", label: ("outcome", outcome), by: amount)
