@@ -8,8 +8,14 @@
 # To weigh a schema change, set BASELINE_SQL and VARIANT_SQL (run in the schema, statement by
 # statement; the schema starts as the migrations leave it): each round applies BASELINE_SQL,
 # runs the offered script, applies VARIANT_SQL, runs it again, and prints both rates.
+# VARIANT=<name> takes them from Deploy/local/pgbench-variants/<name>.{baseline,variant}.sql,
+# the pairs behind the figures in docs/ARCHITECTURE.md (e.g. VARIANT=025-guards).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -n "${VARIANT:-}" ]; then
+  BASELINE_SQL=$(cat "$root/Deploy/local/pgbench-variants/$VARIANT.baseline.sql")
+  VARIANT_SQL=$(cat "$root/Deploy/local/pgbench-variants/$VARIANT.variant.sql")
+fi
 bin=${VEIL_BIN:-$root/.build/release}
 : "${DATABASE_URL:?run under Deploy/local/with-stack.sh or set DATABASE_URL}"
 pgbench=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench | sort -V | tail -1)

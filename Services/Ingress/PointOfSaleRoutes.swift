@@ -185,8 +185,10 @@ struct PosReplyFollower: Service {
         var configuration = ConsumerConfiguration(kafka: context.configuration.kafka,
                                                   groupID: "\(ServiceName.ingress.consumerGroup).pos-replies.\(UUID().uuidString.prefix(8))",
                                                   topics: [Topic.posLookupReplies.name])
-        // Only replies to lookups made from now on matter.
+        // Only replies to lookups made from now on matter, and readiness (assigned) must mean
+        // that none of those can be missed.
         configuration.offsetReset = .latest
+        configuration.startsAtEnd = true
         configuration.maxBatchSize = 256
         consumer = try KafkaConsumer(configuration: configuration, logger: context.logger)
         codec = context.codec

@@ -19,9 +19,13 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
     /// Signalled whenever the application takes a batch, so a waiting poll thread re-checks.
     private let room = DispatchSemaphore(value: 0)
     let maxBuffered: Int
+    /// Assign every partition at its current end, resolved before the assignment counts
+    /// (`ConsumerConfiguration.startsAtEnd`).
+    let startsAtEnd: Bool
 
-    init(logger: Logger, maxBuffered: Int) {
+    init(logger: Logger, maxBuffered: Int, startsAtEnd: Bool = false) {
         self.maxBuffered = max(1, maxBuffered)
+        self.startsAtEnd = startsAtEnd
         super.init(logger: logger)
     }
 
@@ -149,6 +153,21 @@ func handleRebalance(_ rk: OpaquePointer, err: rd_kafka_resp_err_t,
     }
     switch err {
     case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+        if context.startsAtEnd, let partitions {
+            // `auto.offset.reset=latest` resolves the end only after the assignment, in the
+            // background, and skips what is produced meanwhile; asking the broker for the end
+            // here (on the poll thread) makes "assigned" mean "reads everything from now on".
+            for i in 0..<Int(partitions.pointee.cnt) {
+                let e = partitions.pointee.elems[i]
+                var low: Int64 = 0, high: Int64 = 0
+                if rd_kafka_query_watermark_offsets(rk, e.topic, e.partition, &low, &high, 10_000) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    partitions.pointee.elems[i].offset = high
+                } else {
+                    context.logger.warning("end of partition unknown: its start is left to auto.offset.reset",
+                                           metadata: ["topic": "\(String(cString: e.topic))", "partition": "\(e.partition)"])
+                }
+            }
+        }
         if cooperative {
             if let error = rd_kafka_incremental_assign(rk, partitions) {
                 context.logger.error("assign failed", metadata: ["error.code": "\(KafkaError(consuming: error).code)"])

@@ -103,6 +103,13 @@ public struct ConsumerConfiguration: Sendable {
     public var maxBatchSize: Int = 500
     /// Read only committed transactional messages.
     public var readCommitted: Bool = true
+    /// Start every assigned partition at its end as of the assignment, ignoring committed
+    /// offsets: for per-process followers that want only what is produced from now on. The
+    /// end is asked of the broker before the assignment is applied, so once `assignment`
+    /// lists a partition nothing produced to it afterwards is skipped (with
+    /// `offsetReset = .latest` alone the end is resolved later and messages produced in
+    /// between are missed).
+    public var startsAtEnd: Bool = false
 
     public init(kafka: KafkaConfiguration, groupID: String, topics: [String]) {
         self.kafka = kafka

@@ -22,7 +22,8 @@ public final class KafkaConsumer: Sendable {
     public init(configuration: ConsumerConfiguration, logger: Logger) throws(KafkaError) {
         guard !configuration.topics.isEmpty else { throw .configuration("a consumer needs at least one topic") }
         self.configuration = configuration
-        context = ConsumerContext(logger: logger, maxBuffered: configuration.maxBufferedMessages)
+        context = ConsumerContext(logger: logger, maxBuffered: configuration.maxBufferedMessages,
+                                  startsAtEnd: configuration.startsAtEnd)
         let conf = try makeRDKafkaConf(configuration.properties)
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(context).toOpaque())
         rd_kafka_conf_set_rebalance_cb(conf, rebalanceCallback)

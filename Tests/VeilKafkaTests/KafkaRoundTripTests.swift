@@ -49,6 +49,28 @@ struct KafkaRoundTripTests {
         await producer.close()
     }
 
+    @Test("a consumer that starts at the end reads everything produced once its assignment is listed, and nothing from before")
+    func startsAtEnd() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 4)
+        let producer = try kafka.producer()
+        try await producer.send(batch: (0..<20).map { OutgoingMessage(topic: topic, value: [0], partition: Int32($0 % 4)) })
+        let consumer = try kafka.consumer(group: "follower", topics: [topic]) {
+            $0.offsetReset = .latest
+            $0.startsAtEnd = true
+        }
+        try await within(30, "the assignment") {
+            while consumer.assignment.count < 4 { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        // At once, as a till's first lookup may follow the replica's readiness.
+        try await producer.send(batch: (0..<4).map { OutgoingMessage(topic: topic, value: [1], partition: Int32($0)) })
+        let received = try await within(30, "the new messages") { try await collect(consumer, count: 4) }
+        #expect(received.map(\.value) == Array(repeating: [1], count: 4))
+        #expect(Set(received.map(\.partition)) == [0, 1, 2, 3])
+        await consumer.close()
+        await producer.close()
+    }
+
     @Test("the consumer's messages can be read as an AsyncSequence")
     func asyncSequence() async throws {
         let kafka = try KafkaFixture()

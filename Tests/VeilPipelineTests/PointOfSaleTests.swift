@@ -42,14 +42,20 @@ extension PipelineSuites {
     struct PointOfSaleTests {
         static let households = 60
 
+        /// The provider's sample household file and what it maps: TID → HHID.
+        static func sampleHouseholds() -> (file: String, mapping: [String: String]) {
+            let file = ReferenceFileExporter.sampleHouseholds(count: households)
+            let mapping = Dictionary(uniqueKeysWithValues: file.split(separator: "\n").dropFirst().map {
+                let columns = $0.split(separator: ","); return (String(columns[0]), String(columns[1]))
+            })
+            return (file, mapping)
+        }
+
         @Test("a till looks a household up by the customer's TID and records a sale; an unknown TID and a replayed lookup are refused; the raw TID is in no topic, table or log")
         func lookupAndSale() async throws {
             let world = try await PipelineWorld.start([.ingress, .keyVault])
             defer { Task { await world.stop() } }
-            let file = ReferenceFileExporter.sampleHouseholds(count: Self.households)
-            let mapping = Dictionary(uniqueKeysWithValues: file.split(separator: "\n").dropFirst().map {
-                let columns = $0.split(separator: ","); return (String(columns[0]), String(columns[1]))
-            })
+            let (file, mapping) = Self.sampleHouseholds()
             let summary = try await world.exportReference(.households, csv: file + "tid-without-household\n,HH-1\n")
             #expect(summary.published == Self.households)
             #expect(summary.rejected.values.reduce(0, +) == 2)
@@ -144,10 +150,7 @@ extension PipelineSuites {
         func twoReplicas() async throws {
             let world = try await PipelineWorld.start([.ingress, .keyVault])
             defer { Task { await world.stop() } }
-            let file = ReferenceFileExporter.sampleHouseholds(count: Self.households)
-            let mapping = Dictionary(uniqueKeysWithValues: file.split(separator: "\n").dropFirst().map {
-                let columns = $0.split(separator: ","); return (String(columns[0]), String(columns[1]))
-            })
+            let (file, mapping) = Self.sampleHouseholds()
             _ = try await world.exportReference(.households, csv: file)
             try await world.waitForCount("SELECT count(*) FROM key_vault.households", atLeast: Self.households)
             let second = try await world.startReplica(of: .ingress)
