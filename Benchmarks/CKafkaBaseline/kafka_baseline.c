@@ -56,7 +56,7 @@ double veil_baseline_produce(const char *brokers, const char *topic, int64_t cou
     return (delivered == count && failed == 0) ? elapsed : -1;
 }
 
-double veil_baseline_consume(const char *brokers, const char *topic, const char *group, int64_t count) {
+double veil_baseline_consume(const char *brokers, const char *topic, const char *group, int64_t count, int fetch_queue_kbytes) {
     char err[512];
     rd_kafka_conf_t *conf = base_conf(brokers);
     rd_kafka_conf_set(conf, "group.id", group, err, sizeof err);
@@ -70,6 +70,9 @@ double veil_baseline_consume(const char *brokers, const char *topic, const char 
     rd_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", err, sizeof err);
     rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", err, sizeof err);
     rd_kafka_conf_set(conf, "queued.min.messages", "10000000", err, sizeof err);
+    char kbytes[16];
+    snprintf(kbytes, sizeof kbytes, "%d", fetch_queue_kbytes);
+    rd_kafka_conf_set(conf, "queued.max.messages.kbytes", kbytes, err, sizeof err);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (!rk) { fprintf(stderr, "baseline: %s\n", err); return -1; }
     rd_kafka_poll_set_consumer(rk);

@@ -22,6 +22,14 @@ struct KafkaBenchmark: AsyncParsableCommand {
     var messages: Int = 1_000_000
     @Option(help: "Payload bytes per message.")
     var size: Int = 256
+    /// librdkafka 2.0.2 stops fetching once its pre-fetch queue holds this much and looks
+    /// again only after up to a second (measured: 0.2–0.6 s gaps, one to three per million,
+    /// on either side, whichever drains slower than the in-process broker fills). The stalls
+    /// decided which side won a round, not the layers' cost, so both sides get a bound large
+    /// enough (1 GB) that neither reaches it. Services keep librdkafka's 64 MB: none reads
+    /// faster than 64 MB a second, which is when a stall could empty the queue.
+    @Option(help: "librdkafka's pre-fetch bound for both consumers, queued.max.messages.kbytes (its default: 65536).")
+    var fetchQueueKbytes: Int = 1_048_576
     /// This machine is a shared VM: one round of either side can take twice its usual time
     /// (measured: C's consume 0.36–1.07 s, VeilKafka's 0.33–1.10 s for the same million).
     /// The best of several rounds is each side's cost without that interference; the
@@ -62,8 +70,11 @@ struct KafkaBenchmark: AsyncParsableCommand {
             let order = round % 2 == 1 ? ["C", "Veil"] : ["Veil", "C"]
             var cProduce = 0.0, veilProduce = 0.0, cConsume = 0.0, veilConsume = 0.0
             progress("round \(round):")
+            let debug = ProcessInfo.processInfo.environment["VEIL_BENCH_DEBUG"] != nil
             for side in order {
                 progress(" producing with \(side)")
+                let cpu = processCPUSeconds()
+                defer { if debug { progress(String(format: " [cpu %.2fs]", processCPUSeconds() - cpu)) } }
                 if side == "C" {
                     cProduce = veil_baseline_produce(bootstrap, cTopic, Int64(messages), size, partitions)
                     guard cProduce > 0 else { throw ValidationError("baseline produce failed") }
@@ -74,8 +85,10 @@ struct KafkaBenchmark: AsyncParsableCommand {
             }
             for side in order {
                 progress(" consuming with \(side)")
+                let cpu = processCPUSeconds()
+                defer { if debug { progress(String(format: " [cpu %.2fs]", processCPUSeconds() - cpu)) } }
                 if side == "C" {
-                    cConsume = veil_baseline_consume(bootstrap, cTopic, "bench.c.\(tag)", Int64(messages))
+                    cConsume = veil_baseline_consume(bootstrap, cTopic, "bench.c.\(tag)", Int64(messages), Int32(fetchQueueKbytes))
                     guard cConsume > 0 else { throw ValidationError("baseline consume failed") }
                 } else {
                     veilConsume = try await consumeWithVeil(bootstrap, topic: cTopic, group: "bench.veil.\(tag)", logger: logger)
@@ -122,8 +135,9 @@ struct KafkaBenchmark: AsyncParsableCommand {
     }
 
     private func consumeWithVeil(_ bootstrap: String, topic: String, group: String, logger: Logger) async throws -> Double {
-        let configuration = ConsumerConfiguration(kafka: KafkaConfiguration(bootstrapServers: bootstrap, clientID: "bench"),
-                                                  groupID: group, topics: [topic])
+        let kafka = KafkaConfiguration(bootstrapServers: bootstrap, clientID: "bench",
+                                       properties: ["queued.max.messages.kbytes": String(fetchQueueKbytes)])
+        let configuration = ConsumerConfiguration(kafka: kafka, groupID: group, topics: [topic])
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         // One watchdog for the whole run (not a timer per batch, which the C loop does not pay
         // for either): no batch for 30 s ends the reading with an error.
@@ -163,6 +177,15 @@ struct KafkaBenchmark: AsyncParsableCommand {
         if ProcessInfo.processInfo.environment["VEIL_BENCH_DEBUG"] != nil { progress(" [\(batches) batches, gaps \(gaps)]") }
         return elapsed.seconds
     }
+}
+
+/// User and system CPU seconds of this process so far (every thread: the embedded
+/// cluster's and librdkafka's too).
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Progress on standard error, unbuffered, so a long run shows where it is.

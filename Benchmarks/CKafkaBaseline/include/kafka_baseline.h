@@ -7,6 +7,7 @@
 /// Each returns elapsed seconds, or a negative number on error.
 /// Message i goes to partition i % partitions, so every partition holds the same share.
 double veil_baseline_produce(const char *brokers, const char *topic, int64_t count, size_t size, int32_t partitions);
-double veil_baseline_consume(const char *brokers, const char *topic, const char *group, int64_t count);
+/// `fetch_queue_kbytes`: librdkafka's pre-fetch bound (queued.max.messages.kbytes), the same on both sides.
+double veil_baseline_consume(const char *brokers, const char *topic, const char *group, int64_t count, int fetch_queue_kbytes);
 
 #endif
