@@ -3,7 +3,7 @@ SWIFT      ?= swift
 BUILD_FLAGS ?=
 STACK      := Deploy/local/with-stack.sh
 
-.PHONY: all deps build test demo bench bench-kafka bench-envelope bench-pipeline bench-dispatch bench-pos stack-up stack-down clean
+.PHONY: all deps build test demo bench bench-kafka bench-envelope bench-contracts bench-pipeline bench-dispatch bench-pos stack-up stack-down clean
 
 all: build
 
@@ -24,7 +24,7 @@ demo: build
 	$(STACK) Deploy/local/demo.sh
 
 ## Benchmarks (release build): Veil's layers against their bare baselines, in one run.
-bench: bench-kafka bench-envelope bench-pipeline bench-dispatch bench-pos
+bench: bench-kafka bench-envelope bench-contracts bench-pipeline bench-dispatch bench-pos
 
 bench-kafka: deps
 	$(SWIFT) build -c release --product veil-bench
@@ -33,6 +33,11 @@ bench-kafka: deps
 bench-envelope: deps
 	$(SWIFT) build -c release --product veil-bench
 	.build/release/veil-bench envelope --seconds 3
+
+## The inquiry payloads' hand-written JSON against JSONEncoder writing the same bytes.
+bench-contracts: deps
+	$(SWIFT) build -c release --product veil-bench
+	.build/release/veil-bench contracts
 
 stack-up: build
 	Deploy/local/stack.sh up

@@ -106,6 +106,49 @@ struct BuildingBlockTests {
         #expect(String(decoding: ContractCoding.encodeFlat(["b": "2", "a": "1"]), as: UTF8.self) == #"{"a":"1","b":"2"}"#)
     }
 
+    @Test("every payload that writes its own JSON writes exactly JSONEncoder's bytes: awkward text, absent optionals, fractional and negative dates, maps of any size")
+    func handWrittenPayloadsMatchJSONEncoder() throws {
+        var random = SplitMix(seed: 0x5EED)
+        let texts = ["", "app", "say \"hi\"", "a\\b/c", "one\ntwo\r\tthree", "\u{08}\u{0C}\u{01}\u{1F}\u{7F}", "Müller 東京 👩‍👩‍👧",
+                     "matchKeyVersion", "Zürich", "\u{2028}\u{2029}"]
+        func text() -> String { texts[Int(random.next() % UInt64(texts.count))] + String(random.next() % 1000) }
+        func bytes() -> Data { Data((0..<Int(random.next() % 70)).map { _ in UInt8(truncatingIfNeeded: random.next()) }) }
+        func map() -> [String: String] {
+            Dictionary((0..<Int(random.next() % 12)).map { _ in (text(), text()) }, uniquingKeysWith: { a, _ in a })
+        }
+        func date() -> Date {
+            switch random.next() % 4 {
+            case 0: Date(timeIntervalSince1970: Double(random.next() % 4_000_000_000_000) / 1000)  // whole milliseconds
+            case 1: Date(timeIntervalSince1970: Double(random.next() % 4_000_000_000_000_000) / 1_000_000)  // microseconds
+            case 2: Date(timeIntervalSince1970: -Double(random.next() % 1_000_000_000) / 7)
+            default: Date()
+            }
+        }
+        func version() -> UInt32 { UInt32(truncatingIfNeeded: random.next()) }
+        func same<T: Encodable & ContractJSONWritable>(_ value: T) {
+            let written = value.contractJSON(), generic = ContractCoding.encodeGenerically(value)
+            let identical = written == generic, taken = ContractCoding.encode(value) == written
+            #expect(identical, "\(T.self): \(String(decoding: written, as: UTF8.self)) != \(String(decoding: generic, as: UTF8.self))")
+            #expect(taken, "ContractCoding.encode takes the hand-written path")
+        }
+        for _ in 0..<300 {
+            let access = AccessInfo(anonymizedDeviceId: bytes(), deviceKeyVersion: version(), channel: text(), receivedAt: date(),
+                                    appVersion: text(), region: random.next() % 2 == 0 ? nil : text(), appData: map())
+            let record = random.next() % 3 == 0 ? nil : EncryptedRecord(recordKeyVersion: version(), wrappedDataKey: bytes(), ciphertext: bytes())
+            same(PseudonymPayload(pseudonym: bytes(), keyVersion: version()))
+            same(access)
+            same(EncryptedIDPayload(doublyHashedId: bytes(), thirdPartyKeyVersion: version()))
+            same(MatchTokenPayload(token: bytes(), matchKeyVersion: version()))
+            if let record { same(record) }
+            same(MatchPayload(token: bytes(), matchKeyVersion: version(), record: record))
+            same(Insight(inquiryId: text(), matched: random.next() % 2 == 0, matchToken: bytes(), matchKeyVersion: version(),
+                         access: access, record: random.next() % 3 == 0 ? nil : map(), mergedAt: date()))
+            let fields = map(), flat = ContractCoding.encodeFlat(fields)
+            let flatIdentical = flat == ContractCoding.encodeGenerically(fields)
+            #expect(flatIdentical, "encodeFlat: \(String(decoding: flat, as: UTF8.self))")
+        }
+    }
+
     @Test("an upstream batch survives the compact binary form; the vault still reads JSON; every truncation, trailing byte, bad UTF-8 or inflated count is an error, never a crash")
     func upstreamBatchBinary() throws {
         let batch = UpstreamBatch(records: [
@@ -148,5 +191,18 @@ struct BuildingBlockTests {
         #expect(CustomerSample.csv(count: 50, seed: 1) == CustomerSample.csv(count: 50, seed: 1))
         let ids = Array(CSVReader(Array(CustomerSample.csv(count: 500).utf8))).dropFirst().map { $0[0] }
         #expect(Set(ids).count == 500)
+    }
+}
+
+/// A small seeded generator (SplitMix64), so a failing case can be replayed.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
