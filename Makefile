@@ -34,7 +34,7 @@ bench-envelope: deps
 	$(SWIFT) build -c release --product veil-bench
 	.build/release/veil-bench envelope --seconds 3
 
-## The inquiry payloads' hand-written JSON against JSONEncoder writing the same bytes.
+## The inquiry payloads' JSON written and read by hand against JSONEncoder and JSONDecoder.
 bench-contracts: deps
 	$(SWIFT) build -c release --product veil-bench
 	.build/release/veil-bench contracts

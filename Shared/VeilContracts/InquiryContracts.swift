@@ -73,6 +73,16 @@ public enum ContractCoding {
     }
 
     public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+        // The payloads of every inquiry read their usual shape by hand; anything else, and
+        // every error, is `JSONDecoder`'s.
+        if let readable = T.self as? any ContractJSONReadable.Type, let value = readable.fromContractJSON(bytes) as? T {
+            return value
+        }
+        return try decoder.decode(type, from: Data(bytes))
+    }
+
+    /// `bytes` through `JSONDecoder` alone, for checking the hand-read payloads against it.
+    public static func decodeGenerically<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         try decoder.decode(type, from: Data(bytes))
     }
 }

@@ -149,6 +149,67 @@ struct BuildingBlockTests {
         }
     }
 
+    @Test("the hand-read payloads decode to what JSONDecoder makes of any input, or fail where it fails: their usual shape read by hand, everything odd left to JSONDecoder")
+    func handReadPayloadsAgreeWithJSONDecoder() throws {
+        var random = SplitMix(seed: 0xDEC0DE)
+        let texts = ["", "app", "Müller 東京 👩‍👩‍👧", "say \"hi\"", "a\\b/c", "tab\there", "Zürich"]
+        func text() -> String { texts[Int(random.next() % UInt64(texts.count))] + String(random.next() % 100) }
+        func bytes() -> Data { Data((0..<Int(random.next() % 50)).map { _ in UInt8(truncatingIfNeeded: random.next()) }) }
+        func map() -> [String: String] { Dictionary((0..<Int(random.next() % 6)).map { _ in (text(), text()) }, uniquingKeysWith: { a, _ in a }) }
+        func version() -> UInt32 { UInt32(truncatingIfNeeded: random.next()) }
+        func date() -> Date {
+            random.next() % 2 == 0 ? Date(timeIntervalSince1970: Double(random.next() % 4_000_000_000_000) / 1000)
+                : Date(timeIntervalSince1970: Double(random.next() % 4_000_000_000_000_000) / 1_000_000)
+        }
+        // Edits that make an input unusual, invalid, or the same value written differently.
+        let edits: [(String, String)] = [
+            (":", " : "), (",", " ,\n\t"), ("{", "{ "), ("}", " }"), ("\"app", "\"\\u0061pp"), ("\"", "\"\\/"),
+            (":1", ":1.0"), (":1", ":1e0"), (":1", ":01"), (":1", ":-0"), (":1", ":+1"), (":1", ":4294967296"), (":2", ":2.5"),
+            ("\"region\":", "\"region\":null,\"x\":"), ("\"region\":\"", "\"region\":null,\"region\":\""),
+            ("\"appData\":{", "\"appData\":null,\"y\":{"), ("\"record\":{", "\"record\":null,\"z\":{"),
+            ("=\"", "\""), ("\"receivedAt\":1", "\"receivedAt\":\"1"), ("\"token\":\"", "\"token\":\"!"),
+            ("{\"", "{\"unknown\":[1,{\"a\":null}],\""), ("}", "}}"), ("}", "} x"), ("\"keyVersion\"", "\"keyversion\""),
+        ]
+        var readByHand = 0
+        func agree<T: Decodable & Equatable & ContractJSONReadable & ContractJSONWritable>(_ value: T) {
+            let json = value.contractJSON()
+            if !json.contains(UInt8(ascii: "\\")) {  // escapes are JSONDecoder's to read
+                #expect(T.fromContractJSON(json) == value, "\(T.self): the usual shape is read by hand")
+                readByHand += 1
+            }
+            #expect((try? ContractCoding.decode(T.self, from: json)) == value)
+            var inputs: [[UInt8]] = [Array(json.dropLast()), Array(json.prefix(1)), [], Array("\u{FEFF}".utf8) + json]
+            for (from, to) in edits {
+                let text = String(decoding: json, as: UTF8.self)
+                if let range = text.range(of: from) { inputs.append(Array(text.replacingCharacters(in: range, with: to).utf8)) }
+            }
+            for input in inputs {
+                let mine = Result { try ContractCoding.decode(T.self, from: input) }
+                let theirs = Result { try ContractCoding.decodeGenerically(T.self, from: input) }
+                let same: Bool
+                switch (mine, theirs) {
+                case (.success(let a), .success(let b)): same = a == b
+                case (.failure, .failure): same = true
+                default: same = false
+                }
+                #expect(same, "\(T.self) from \(String(decoding: input, as: UTF8.self)): \(mine) against JSONDecoder's \(theirs)")
+            }
+        }
+        for _ in 0..<100 {
+            let record = random.next() % 3 == 0 ? nil : EncryptedRecord(recordKeyVersion: version(), wrappedDataKey: bytes(), ciphertext: bytes())
+            agree(PseudonymPayload(pseudonym: bytes(), keyVersion: version()))
+            agree(AccessInfo(anonymizedDeviceId: bytes(), deviceKeyVersion: version(), channel: text(), receivedAt: date(),
+                             appVersion: text(), region: random.next() % 2 == 0 ? nil : text(), appData: map()))
+            agree(EncryptedIDPayload(doublyHashedId: bytes(), thirdPartyKeyVersion: version()))
+            agree(MatchTokenPayload(token: bytes(), matchKeyVersion: version()))
+            agree(MatchPayload(token: bytes(), matchKeyVersion: version(), record: record))
+            let fields = map(), json = ContractCoding.encodeFlat(fields)
+            #expect((try? ContractCoding.decode([String: String].self, from: json)) == fields)
+            if !json.contains(UInt8(ascii: "\\")) { #expect([String: String].fromContractJSON(json) == fields) }
+        }
+        #expect(readByHand > 200, "most generated payloads take the hand-read path")
+    }
+
     @Test("an upstream batch survives the compact binary form; the vault still reads JSON; every truncation, trailing byte, bad UTF-8 or inflated count is an error, never a crash")
     func upstreamBatchBinary() throws {
         let batch = UpstreamBatch(records: [

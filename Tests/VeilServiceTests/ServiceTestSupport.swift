@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresNIO
+import Synchronization
 import Testing
 import VeilCore
 import VeilKafka
@@ -56,13 +57,17 @@ func withDatabase<T: Sendable>(schema: String, _ body: @Sendable (Database) asyn
     }
 }
 
-/// Reads `count` messages (marking them processed) with a deadline.
+/// Reads `count` messages (marking them processed) with a deadline. A time-out says what
+/// did arrive (offsets), what the consumer was assigned and its lag, so a failure explains itself.
 func read(_ consumer: KafkaConsumer, count: Int, seconds: Double = 60) async throws -> [KafkaMessage] {
-    try await withThrowingTaskGroup(of: [KafkaMessage]?.self) { group in
+    final class Seen: Sendable { let offsets = Mutex<[Int64]>([]) }
+    let seen = Seen()
+    return try await withThrowingTaskGroup(of: [KafkaMessage]?.self) { group in
         group.addTask {
             var got: [KafkaMessage] = []
             while got.count < count, let batch = try await consumer.nextBatch() {
                 got += batch
+                seen.offsets.withLock { $0 += batch.map(\.offset) }
                 consumer.markProcessed(batch)
             }
             return got
@@ -73,7 +78,8 @@ func read(_ consumer: KafkaConsumer, count: Int, seconds: Double = 60) async thr
         }
         defer { group.cancelAll() }
         guard let result = try await group.next(), let messages = result else {
-            throw DatabaseError(code: "test.timeout", reason: "expected \(count) messages")
+            throw DatabaseError(code: "test.timeout", reason: "expected \(count) messages; got offsets \(seen.offsets.withLock { $0 }), "
+                                + "assigned \(consumer.assignment.map(\.description).sorted()), lag \(consumer.lag())")
         }
         return messages
     }
