@@ -6,7 +6,8 @@ import Foundation
 /// anything else — an escape, an unknown or repeated key, a number with a fraction where an
 /// integer belongs, invalid UTF-8 — after which `ContractCoding.decode` asks `JSONDecoder`,
 /// so every input decodes to what `JSONDecoder` makes of it, or fails as it fails.
-/// `ContractJSONReaderTests` holds the two to the same results over generated and mangled input.
+/// `BuildingBlockTests.handReadPayloadsAgreeWithJSONDecoder` holds the two to the same results
+/// over generated and mangled input.
 public protocol ContractJSONReadable {
     /// Reads one JSON object; throws `ContractJSONReader.Unusual` to hand the input to `JSONDecoder`.
     init(contractJSON reader: inout ContractJSONReader) throws(ContractJSONReader.Unusual)
@@ -53,12 +54,6 @@ public struct ContractJSONReader {
         try null() ? nil : string()
     }
 
-    public mutating func bool() throws(Unusual) -> Bool {
-        if literal("true") { return true }
-        if literal("false") { return false }
-        throw Unusual()
-    }
-
     /// Plain decimal digits only (no sign, fraction or exponent), within `UInt32`.
     public mutating func uint32() throws(Unusual) -> UInt32 {
         let digits = try number()
@@ -90,11 +85,6 @@ public struct ContractJSONReader {
             map[name] = try reader.string()
         }
         return map
-    }
-
-    /// `null` or an object of strings.
-    public mutating func optionalStringMap() throws(Unusual) -> [String: String]? {
-        try null() ? nil : stringMap()
     }
 
     /// Reads `null` if it comes next.

@@ -6,8 +6,9 @@ import Foundation
 ///
 /// Only the payloads every inquiry carries conform: `JSONEncoder` took 6–40 µs per payload
 /// here (an `Insight` 40 µs), about 5 % of the pipeline's CPU, the merger's and ingress's most.
-/// `ContractJSONWriterTests` holds each conforming type to `JSONEncoder`'s exact bytes, so a
-/// field added to one of them without its line here fails that test, not a consumer.
+/// `BuildingBlockTests.handWrittenPayloadsMatchJSONEncoder` holds each conforming type to
+/// `JSONEncoder`'s exact bytes, so a field added to one of them without its line here fails
+/// that test, not a consumer.
 public protocol ContractJSONWritable {
     /// Writes the value as one JSON object.
     func writeJSON(_ writer: inout ContractJSONWriter)
@@ -68,10 +69,6 @@ public struct ContractJSONWriter {
     public mutating func field(_ name: StaticString, _ value: Date) {
         key(name)
         Self.appendNumber(1000.0 * value.timeIntervalSince1970, to: &bytes)
-    }
-
-    public mutating func field(_ name: StaticString, _ value: Date?) {
-        if let value { field(name, value) }
     }
 
     /// A string map as an object, keys sorted by their UTF-8 bytes.
