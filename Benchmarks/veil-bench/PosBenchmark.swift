@@ -115,6 +115,8 @@ struct PosBenchmark: AsyncParsableCommand {
         final class Collected: Sendable {
             let latencies = Mutex<[Double]>([])
             let errors = Mutex<[String: Int]>([:])
+            /// (ms since the phase started, latency ms) per answered call, for `VEIL_BENCH_TIMELINE`.
+            let timeline = Mutex<[(Double, Double)]>([])
         }
         let collected = Collected()
         let interval = Duration.nanoseconds(Int64(1e9 / rate))
@@ -130,8 +132,9 @@ struct PosBenchmark: AsyncParsableCommand {
                         if let error = try await body(i) {
                             collected.errors.withLock { $0[error, default: 0] += 1 }
                         } else {
-                            let elapsed = ContinuousClock.now - begin
-                            collected.latencies.withLock { $0.append(Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15) }
+                            let elapsed = (ContinuousClock.now - begin).seconds * 1000
+                            collected.latencies.withLock { $0.append(elapsed) }
+                            collected.timeline.withLock { $0.append(((begin - started).seconds * 1000, elapsed)) }
                         }
                     } catch {
                         collected.errors.withLock { $0["\(type(of: error))", default: 0] += 1 }
@@ -140,6 +143,17 @@ struct PosBenchmark: AsyncParsableCommand {
                 n += 1
                 next += interval
                 try? await Task.sleep(until: next)
+            }
+        }
+        if let path = ProcessInfo.processInfo.environment["VEIL_BENCH_TIMELINE"] {
+            // One line per answered call, appended per phase: when it started and how long it took,
+            // to tell a steady queue from stalls.
+            let lines = collected.timeline.withLock { $0.sorted { $0.0 < $1.0 } }.map { String(format: "%.2f %.2f\n", $0.0, $0.1) }
+            let text = "# phase at \(rate)/s: start_ms latency_ms\n" + lines.joined()
+            if let handle = FileHandle(forWritingAtPath: path) {
+                handle.seekToEndOfFile(); handle.write(Data(text.utf8)); try? handle.close()
+            } else {
+                FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
             }
         }
         return Run(latencies: collected.latencies.withLock { $0.sorted() }, errors: collected.errors.withLock { $0 },

@@ -2,7 +2,8 @@
 # `make bench-pos`: point-of-sale lookup latency through ingress and the key-vault
 # (release build) at a steady rate, p50/p99, beside the bare ingress HTTP round trip
 # measured in the same run. Not a test: it reports, it does not assert.
-# Settings: RATE (lookups/s, default 500), SECONDS_PER_PHASE (default 10), HOUSEHOLDS (default 20000).
+# Settings: RATE (lookups/s, default 500), SECONDS_PER_PHASE (default 10), HOUSEHOLDS (default 20000);
+# VEIL_BENCH_TIMELINE=<file> appends every answered call's start and latency (ms), per phase.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${VEIL_BIN:-$root/.build/release}
