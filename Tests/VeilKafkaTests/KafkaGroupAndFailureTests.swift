@@ -155,6 +155,41 @@ struct KafkaGroupAndFailureTests {
         }
     }
 
+    @Test("closing a producer while batches are being sent into a full queue: every batch returns, delivered or failed, none waits forever")
+    func closeWhileSendingBatches() async throws {
+        // Batch senders keep the 1,000-message queue full, so at the close some wait for
+        // space and some are between offers: each must end, none spin or wait for ever.
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 2)
+        for round in 0..<10 {
+            let producer = try kafka.producer { $0.maxQueuedMessages = 1_000 }
+            let senders = (0..<3).map { sender in
+                Task { () -> (delivered: Int, failed: Int) in
+                    var delivered = 0, failed = 0
+                    for batch in 0..<20 {
+                        let messages = (0..<2_000).lazy.map { OutgoingMessage(topic: topic, value: Array("\(round)-\(sender)-\(batch)-\($0)".utf8)) }
+                        do {
+                            try await producer.send(batch: messages)
+                            delivered += 1
+                        } catch {
+                            failed += 1
+                            break
+                        }
+                    }
+                    return (delivered, failed)
+                }
+            }
+            try await Task.sleep(for: .milliseconds(50 + 20 * round))
+            await producer.close(timeout: .seconds(5))
+            let outcomes = try await within(60, "every batch of round \(round) to return") {
+                var all: [(delivered: Int, failed: Int)] = []
+                for sender in senders { all.append(await sender.value) }
+                return all
+            }
+            #expect(outcomes.allSatisfy { $0.delivered == 20 || $0.failed == 1 })
+        }
+    }
+
     @Test("transaction calls succeed against the embedded broker")
     func transactions() async throws {
         let kafka = try KafkaFixture()
