@@ -192,17 +192,24 @@ func required<T>(_ value: T?) throws(ContractJSONReader.Unusual) -> T {
     return value
 }
 
+/// The shape three payloads share: bytes and the version of the key behind them, both required.
+func bytesAndVersion(_ reader: inout ContractJSONReader, bytes bytesKey: ArraySlice<UInt8>,
+                     version versionKey: ArraySlice<UInt8>) throws(ContractJSONReader.Unusual) -> (Data, UInt32) {
+    var bytes: Data?, version: UInt32?
+    try reader.object { r, key throws(ContractJSONReader.Unusual) in
+        switch key {
+        case bytesKey: bytes = try r.data()
+        case versionKey: version = try r.uint32()
+        default: throw ContractJSONReader.Unusual()
+        }
+    }
+    return (try required(bytes), try required(version))
+}
+
 extension PseudonymPayload: ContractJSONReadable {
     public init(contractJSON reader: inout ContractJSONReader) throws(ContractJSONReader.Unusual) {
-        var pseudonym: Data?, keyVersion: UInt32?
-        try reader.object { r, key throws(ContractJSONReader.Unusual) in
-            switch key {
-            case Keys.pseudonym: pseudonym = try r.data()
-            case Keys.keyVersion: keyVersion = try r.uint32()
-            default: throw ContractJSONReader.Unusual()
-            }
-        }
-        self.init(pseudonym: try required(pseudonym), keyVersion: try required(keyVersion))
+        let (pseudonym, keyVersion) = try bytesAndVersion(&reader, bytes: Keys.pseudonym, version: Keys.keyVersion)
+        self.init(pseudonym: pseudonym, keyVersion: keyVersion)
     }
 }
 
@@ -230,29 +237,15 @@ extension AccessInfo: ContractJSONReadable {
 
 extension EncryptedIDPayload: ContractJSONReadable {
     public init(contractJSON reader: inout ContractJSONReader) throws(ContractJSONReader.Unusual) {
-        var id: Data?, version: UInt32?
-        try reader.object { r, key throws(ContractJSONReader.Unusual) in
-            switch key {
-            case Keys.doublyHashedId: id = try r.data()
-            case Keys.thirdPartyKeyVersion: version = try r.uint32()
-            default: throw ContractJSONReader.Unusual()
-            }
-        }
-        self.init(doublyHashedId: try required(id), thirdPartyKeyVersion: try required(version))
+        let (id, version) = try bytesAndVersion(&reader, bytes: Keys.doublyHashedId, version: Keys.thirdPartyKeyVersion)
+        self.init(doublyHashedId: id, thirdPartyKeyVersion: version)
     }
 }
 
 extension MatchTokenPayload: ContractJSONReadable {
     public init(contractJSON reader: inout ContractJSONReader) throws(ContractJSONReader.Unusual) {
-        var token: Data?, version: UInt32?
-        try reader.object { r, key throws(ContractJSONReader.Unusual) in
-            switch key {
-            case Keys.token: token = try r.data()
-            case Keys.matchKeyVersion: version = try r.uint32()
-            default: throw ContractJSONReader.Unusual()
-            }
-        }
-        self.init(token: try required(token), matchKeyVersion: try required(version))
+        let (token, version) = try bytesAndVersion(&reader, bytes: Keys.token, version: Keys.matchKeyVersion)
+        self.init(token: token, matchKeyVersion: version)
     }
 }
 
