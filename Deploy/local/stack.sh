@@ -8,7 +8,12 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 state=${VEIL_STATE:-$root/.veil}
+# The broker binary: $VEIL_BIN's, else the debug build's, else the release build's (the
+# `make bench-*` targets build only the release configuration).
 bin=${VEIL_BIN:-$root/.build/debug}
+if [ -z "${VEIL_BIN:-}" ] && [ ! -x "$bin/veil-dev-broker" ] && [ -x "$root/.build/release/veil-dev-broker" ]; then
+  bin=$root/.build/release
+fi
 envfile=$state/stack.env
 mkdir -p "$state"
 
