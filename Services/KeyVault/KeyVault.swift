@@ -66,10 +66,10 @@ public struct KeyVaultHandler: EnvelopeHandler {
                 }
                 try await secureForms.file(batch.pins, keys: store.keys)
             } else {
-                guard let payload = envelope.payload(PartLabel.records), let batch = try? UpstreamBatch.decode(payload) else {
+                guard let payload = envelope.payload(PartLabel.records), let records = try? UpstreamBatch.decodeForFiling(payload) else {
                     throw StageError.permanent("vault.bad_payload", "not a batch of upstream records")
                 }
-                try await filing.file(batch.records, keys: store.keys)
+                try await filing.file(records, keys: store.keys)
             }
             return []
         case (Topic.posLookups.name, MessageType.posLookupRequested):
@@ -137,17 +137,17 @@ struct RecordFiling: Sendable {
     /// Random bytes one record takes: the record's data key and two nonces, and the nonce sealing `A`.
     static let randomPerRecord = 32 + 12 + 12 + 12
 
-    static func row(_ record: UpstreamRecord, keys: BatchKeys, random: inout RandomBytes) throws -> Row {
+    static func row(_ record: FilingRecord, keys: BatchKeys, random: inout RandomBytes) throws -> Row {
         let a = keys.kT.hash(record.pseudonym)
         let ref = keys.reference.hash(a)
-        let fields = ContractCoding.encodeFlat(record.fields)
+        let fields = record.fieldsJSON
         return Row(ref: ref, encryptedA: try keys.archive.seal(a, aad: ref, nonce: random.take(12)),
                    record: try RecordCipher.seal(json: fields, with: keys.recordKey, random: &random),
                    fingerprint: keys.fingerprint.hash(fields),
                    tokens: keys.match.map { ($0.hash(a), $0.version) })
     }
 
-    func file(_ records: [UpstreamRecord], keys: VaultKeySet) async throws {
+    func file(_ records: [FilingRecord], keys: VaultKeySet) async throws {
         guard let kT = keys.current(.thirdPartyHash), let archive = keys.current(.archive), let recordKey = keys.current(.record),
               keys.current(.match) != nil else { throw StageError.transient("vault.no_key", "vault keys not loaded") }
         let batchKeys = BatchKeys(kT: kT, archive: archive, recordKey: recordKey, match: keys.usable(.match))
@@ -166,12 +166,18 @@ struct RecordFiling: Sendable {
             for try await part in group { parts.append(part) }
             return parts.sorted { $0.0 < $1.0 }.flatMap(\.1)
         }
-        var rows: [[UInt8]: Row] = [:]
-        for row in computed { rows[row.ref] = row }  // the last copy of a customer in a batch wins
-        guard !rows.isEmpty else { return }
+        guard !computed.isEmpty else { return }
         // In customer-reference order: batches filed concurrently then take their row
         // locks in one global order, so overlapping batches wait instead of deadlocking.
-        let list = rows.values.sorted { $0.ref.lexicographicallyPrecedes($1.ref) }
+        // The last copy of a customer in a batch wins.
+        let order = computed.indices.sorted { a, b in
+            computed[a].ref == computed[b].ref ? a < b : computed[a].ref.lexicographicallyPrecedes(computed[b].ref)
+        }
+        var list: [Row] = []
+        list.reserveCapacity(order.count)
+        for index in order {
+            if let last = list.last, last.ref == computed[index].ref { list[list.count - 1] = computed[index] } else { list.append(computed[index]) }
+        }
         let refs = list.map { ByteBuffer(bytes: $0.ref) }
         let encryptedA = list.map { ByteBuffer(bytes: $0.encryptedA) }
         let recordVersions = list.map { Int32($0.record.recordKeyVersion) }

@@ -41,13 +41,24 @@ public struct MatchKeyRotation: Sendable {
         let database = store.database
         let records = database.table("filed_records"), tokens = database.table("match_tokens")
         var done = 0
+        // Every filed record once, in customer-reference order, a page at a time (keyset
+        // paging on the primary key). A record filed or re-filed meanwhile already carries a
+        // version-N+1 token (filing derives one for every usable version, pending included),
+        // and the insert below ignores tokens that exist, so nothing is missed or doubled.
+        var after: ByteBuffer?
         while true {
-            let rows = try await database.client.query("""
-                SELECT r.customer_ref, r.archive_key_version, r.encrypted_a FROM \(unescaped: records) r
-                WHERE NOT EXISTS (SELECT 1 FROM \(unescaped: tokens) t
-                                  WHERE t.customer_ref = r.customer_ref AND t.match_key_version = \(Int32(version)))
-                LIMIT \(batchSize)
-                """, logger: logger).collect()
+            let rows: [PostgresRow]
+            if let after {
+                rows = try await database.client.query("""
+                    SELECT customer_ref, archive_key_version, encrypted_a FROM \(unescaped: records)
+                    WHERE customer_ref > \(after) ORDER BY customer_ref LIMIT \(batchSize)
+                    """, logger: logger).collect()
+            } else {
+                rows = try await database.client.query("""
+                    SELECT customer_ref, archive_key_version, encrypted_a FROM \(unescaped: records)
+                    ORDER BY customer_ref LIMIT \(batchSize)
+                    """, logger: logger).collect()
+            }
             if rows.isEmpty { break }
             var newTokens: [ByteBuffer] = [], refs: [ByteBuffer] = []
             for row in rows {
@@ -58,6 +69,7 @@ public struct MatchKeyRotation: Sendable {
                 newTokens.append(ByteBuffer(bytes: key.hash(a)))
                 refs.append(ref)
             }
+            after = refs.last
             let versions = [Int32](repeating: Int32(version), count: refs.count)
             try await database.client.query("""
                 INSERT INTO \(unescaped: tokens) (token, match_key_version, customer_ref)

@@ -89,8 +89,11 @@ public struct ContractJSONWriter {
 
     static func appendMap(_ map: [String: String], to out: inout [UInt8]) {
         out.append(UInt8(ascii: "{"))
-        // String's `<` compares Unicode scalars, which orders as UTF-8 bytes do.
-        for (index, key) in map.keys.sorted().enumerated() {
+        // By UTF-8 bytes: the order of String's `<` (and JSONEncoder's) for keys in NFC, and a
+        // total order for all keys. String's `<` is not one for keys outside NFC (Swift 6.3:
+        // "\u{E9}Z" and "e\u{301}" are neither `<` nor `==` each other), so sorting by it wrote
+        // such a map's keys in an order that depended on the dictionary's.
+        for (index, key) in map.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
             appendString(key, to: &out)
             out.append(UInt8(ascii: ":"))
@@ -110,9 +113,14 @@ public struct ContractJSONWriter {
     /// A JSON string as `JSONEncoder` writes it with `.withoutEscapingSlashes`: quote,
     /// backslash and control characters escaped, everything else (UTF-8 included) as is.
     static func appendString(_ string: String, to out: inout [UInt8]) {
+        appendString(utf8: string.utf8, to: &out)
+    }
+
+    /// The same, from valid UTF-8 bytes.
+    static func appendString<Bytes: Sequence<UInt8>>(utf8: Bytes, to out: inout [UInt8]) {
         let hex: StaticString = "0123456789abcdef"
         out.append(UInt8(ascii: "\""))
-        for byte in string.utf8 {
+        for byte in utf8 {
             switch byte {
             case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
             case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])

@@ -274,30 +274,117 @@ extension UpstreamBatch {
     /// Reads either form (see the type's documentation).
     public static func decode(_ bytes: [UInt8]) throws -> UpstreamBatch {
         guard bytes.starts(with: binaryMagic) else { return try ContractCoding.decode(UpstreamBatch.self, from: bytes) }
+        var records: [UpstreamRecord] = []
+        try readBinary(bytes, reserve: { records.reserveCapacity($0) }) { reader, pseudonym, version, fieldCount in
+            records.append(UpstreamRecord(pseudonym: Data(pseudonym), keyVersion: version,
+                                          fields: try readFields(&reader, count: fieldCount)))
+        }
+        return UpstreamBatch(records: records)
+    }
+
+    /// Walks the binary form: the record count, then per record its `P`, key version and
+    /// field count, leaving `reader` at the record's fields, which `body` reads.
+    static func readBinary(_ bytes: [UInt8], reserve: (Int) -> Void,
+                           _ body: (inout BinaryReader, ArraySlice<UInt8>, UInt32, Int) throws -> Void) throws {
         var reader = BinaryReader(bytes: bytes, index: binaryMagic.count)
         let count = Int(try reader.integer(UInt32.self))
         // Each record takes at least 40 bytes: a count beyond that is a lie, not a reason to reserve memory.
         guard count <= (bytes.count - reader.index) / 40 else { throw ContractError.malformed("record count \(count) exceeds the payload") }
-        var records: [UpstreamRecord] = []
-        records.reserveCapacity(count)
+        reserve(count)
         for _ in 0..<count {
-            let pseudonym = Data(try reader.bytes(32))
+            let pseudonym = try reader.bytes(32)
             let version = try reader.integer(UInt32.self)
             let fieldCount = Int(try reader.integer(UInt32.self))
             guard fieldCount <= (bytes.count - reader.index) / 8 else { throw ContractError.malformed("field count \(fieldCount) exceeds the payload") }
-            var fields: [String: String] = Dictionary(minimumCapacity: fieldCount)
-            for _ in 0..<fieldCount {
-                let key = try reader.string(Int(try reader.integer(UInt32.self)))
-                fields[key] = try reader.string(Int(try reader.integer(UInt32.self)))
-            }
-            records.append(UpstreamRecord(pseudonym: pseudonym, keyVersion: version, fields: fields))
+            try body(&reader, pseudonym, version, fieldCount)
         }
         guard reader.index == bytes.count else { throw ContractError.malformed("\(bytes.count - reader.index) bytes after the last record") }
-        return UpstreamBatch(records: records)
+    }
+
+    /// A record's fields (a repeated key: the last wins).
+    static func readFields(_ reader: inout BinaryReader, count: Int) throws -> [String: String] {
+        var fields: [String: String] = Dictionary(minimumCapacity: count)
+        for _ in 0..<count {
+            let key = try reader.string(Int(try reader.integer(UInt32.self)))
+            fields[key] = try reader.string(Int(try reader.integer(UInt32.self)))
+        }
+        return fields
     }
 
     private static func append<I: FixedWidthInteger>(_ value: I, to out: inout [UInt8]) {
         withUnsafeBytes(of: value.bigEndian) { out.append(contentsOf: $0) }
+    }
+}
+
+/// A record as the key-vault files it: `P`, its key version, and its fields as the JSON
+/// object `ContractCoding.encodeFlat(fields)` writes (sorted keys), byte for byte.
+public struct FilingRecord: Sendable, Equatable {
+    public var pseudonym: [UInt8]
+    public var keyVersion: UInt32
+    public var fieldsJSON: [UInt8]
+
+    public init(pseudonym: [UInt8], keyVersion: UInt32, fieldsJSON: [UInt8]) {
+        self.pseudonym = pseudonym
+        self.keyVersion = keyVersion
+        self.fieldsJSON = fieldsJSON
+    }
+}
+
+extension UpstreamBatch {
+    /// Reads either form straight into what filing needs: the same records as `decode`,
+    /// each with `ContractCoding.encodeFlat(record.fields)`, and the same errors.
+    ///
+    /// Decoding into a dictionary of `String`s only to sort its keys and write them out
+    /// again was a fifth of the vault's filing work. A binary record whose keys are ASCII
+    /// and strictly increasing (what `binaryEncoded` writes) is written as JSON straight
+    /// from the payload; any other record (keys out of order, repeated, or beyond ASCII)
+    /// goes through the dictionary, so the result never depends on the path.
+    public static func decodeForFiling(_ bytes: [UInt8]) throws -> [FilingRecord] {
+        guard bytes.starts(with: binaryMagic) else {
+            return try decode(bytes).records.map {
+                FilingRecord(pseudonym: Array($0.pseudonym), keyVersion: $0.keyVersion, fieldsJSON: ContractCoding.encodeFlat($0.fields))
+            }
+        }
+        var records: [FilingRecord] = []
+        try readBinary(bytes, reserve: { records.reserveCapacity($0) }) { reader, pseudonym, version, fieldCount in
+            let fieldsStart = reader.index
+            let json: [UInt8]
+            if let direct = try directFieldsJSON(&reader, count: fieldCount) {
+                json = direct
+            } else {
+                reader.index = fieldsStart
+                json = ContractCoding.encodeFlat(try readFields(&reader, count: fieldCount))
+            }
+            records.append(FilingRecord(pseudonym: Array(pseudonym), keyVersion: version, fieldsJSON: json))
+        }
+        return records
+    }
+
+    /// The record's fields as JSON, or nil when its keys are not ASCII in strictly
+    /// increasing order (the caller then takes the dictionary path from the same start).
+    private static func directFieldsJSON(_ reader: inout BinaryReader, count: Int) throws -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(2 + count * 24)
+        out.append(UInt8(ascii: "{"))
+        var previousKey: ArraySlice<UInt8> = []
+        for index in 0..<count {
+            let key = try reader.bytes(Int(try reader.integer(UInt32.self)))
+            guard key.allSatisfy({ $0 < 0x80 }), index == 0 || previousKey.lexicographicallyPrecedes(key) else { return nil }
+            previousKey = key
+            let valueStart = reader.index
+            let value = try reader.bytes(Int(try reader.integer(UInt32.self)) )
+            if !value.allSatisfy({ $0 < 0x80 }) {
+                // Beyond ASCII: the same check (and error) as the dictionary path's.
+                reader.index = valueStart
+                _ = try reader.string(Int(try reader.integer(UInt32.self)))
+            }
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            ContractJSONWriter.appendString(utf8: key, to: &out)
+            out.append(UInt8(ascii: ":"))
+            ContractJSONWriter.appendString(utf8: value, to: &out)
+        }
+        out.append(UInt8(ascii: "}"))
+        return out
     }
 }
 

@@ -19,17 +19,23 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
     /// Signalled whenever the application takes a batch, so a waiting poll thread re-checks.
     private let room = DispatchSemaphore(value: 0)
     let maxBuffered: Int
+    /// The most messages `take` hands over at once.
+    let maxBatch: Int
     /// Assign every partition at its current end, resolved before the assignment counts
     /// (`ConsumerConfiguration.startsAtEnd`).
     let startsAtEnd: Bool
 
-    init(logger: Logger, maxBuffered: Int, startsAtEnd: Bool = false) {
+    init(logger: Logger, maxBuffered: Int, maxBatch: Int = 500, startsAtEnd: Bool = false) {
         self.maxBuffered = max(1, maxBuffered)
+        self.maxBatch = max(1, maxBatch)
         self.startsAtEnd = startsAtEnd
         super.init(logger: logger)
     }
 
     var currentAssignment: Set<TopicPartition> { state.withLock { $0.assignment } }
+
+    /// Messages fetched and not yet taken, and in how many hand-offs from the poll thread.
+    var buffered: (messages: Int, handOffs: Int) { state.withLock { ($0.buffered, $0.batches.count) } }
 
     // MARK: Poll-thread side
 
@@ -104,7 +110,17 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
                 let immediate: Immediate = state.withLock { s in
                     if s.finished { return .end(s.failure) }
                     if !s.batches.isEmpty {
-                        let batch = s.batches.removeFirst()
+                        // Everything queued up to `maxBatch`, not just the poll thread's first
+                        // hand-off: when the application falls behind, batches grow (fewer
+                        // round trips per message) instead of staying as small as each
+                        // fetch was (one message per partition and fetch, on some brokers).
+                        var batch = s.batches[0]
+                        var merged = 1
+                        while merged < s.batches.count, batch.count + s.batches[merged].count <= maxBatch {
+                            batch += s.batches[merged]
+                            merged += 1
+                        }
+                        s.batches.removeFirst(merged)
                         s.buffered -= batch.count
                         return .batch(batch)
                     }

@@ -23,6 +23,7 @@ public final class KafkaConsumer: Sendable {
         guard !configuration.topics.isEmpty else { throw .configuration("a consumer needs at least one topic") }
         self.configuration = configuration
         context = ConsumerContext(logger: logger, maxBuffered: configuration.maxBufferedMessages,
+                                  maxBatch: configuration.maxBatchSize,
                                   startsAtEnd: configuration.startsAtEnd)
         let conf = try makeRDKafkaConf(configuration.properties)
         rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(context).toOpaque())

@@ -71,6 +71,36 @@ struct KafkaRoundTripTests {
         await producer.close()
     }
 
+    @Test("a consumer that falls behind takes everything queued at once, up to its batch size, in order")
+    func batchesGrowWhenBehind() async throws {
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 1)
+        let producer = try kafka.producer { $0.lingerMilliseconds = 0 }
+        // Each message sent and acknowledged alone is a message set of its own, and the
+        // development broker answers a fetch with one message set per partition: the poll
+        // thread hands the messages over in many small parts.
+        for i in 0..<60 { _ = try await producer.send(OutgoingMessage(topic: topic, value: Array(String(i).utf8))) }
+        let consumer = try kafka.consumer(group: "g", topics: [topic]) { $0.maxBatchSize = 25 }
+        try await within(30, "60 buffered messages") {
+            while consumer.context.buffered.messages < 60 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        let handOffs = consumer.context.buffered.handOffs
+        try #require(handOffs > 5, "the messages arrived in \(handOffs) parts: too few to tell merged batches from unmerged ones")
+
+        var sizes: [Int] = [], values: [Int] = []
+        while values.count < 60, let batch = try await consumer.nextBatch() {
+            sizes.append(batch.count)
+            values += batch.map { Int(String(decoding: $0.value, as: UTF8.self))! }
+            consumer.markProcessed(batch)
+        }
+        #expect(values == Array(0..<60), "in partition order, each once")
+        #expect(sizes.allSatisfy { $0 <= 25 }, "never beyond maxBatchSize: \(sizes)")
+        // Queued parts are joined while they fit, so two consecutive batches together exceed 25.
+        #expect(sizes.count <= 5, "\(handOffs) hand-offs taken as \(sizes)")
+        await consumer.close()
+        await producer.close()
+    }
+
     @Test("the consumer's messages can be read as an AsyncSequence")
     func asyncSequence() async throws {
         let kafka = try KafkaFixture()

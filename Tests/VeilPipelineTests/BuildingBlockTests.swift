@@ -231,6 +231,57 @@ struct BuildingBlockTests {
         #expect(throws: ContractError.self) { try UpstreamBatch.decode(UpstreamBatch.binaryMagic + [0xFF, 0xFF, 0xFF, 0xFF]) }
     }
 
+    @Test("filing reads a batch into each record's field JSON exactly as encodeFlat writes the decoded fields, with the same errors, whatever the keys' order or alphabet")
+    func upstreamBatchForFiling() throws {
+        /// The binary form with fields in the given order (`binaryEncoded` sorts them).
+        func binary(_ records: [(version: UInt32, fields: [([UInt8], [UInt8])])]) -> [UInt8] {
+            func u32(_ value: Int) -> [UInt8] { withUnsafeBytes(of: UInt32(value).bigEndian) { Array($0) } }
+            var out = UpstreamBatch.binaryMagic + u32(records.count)
+            for (index, record) in records.enumerated() {
+                out += [UInt8](repeating: UInt8(index & 0xFF), count: 32) + u32(Int(record.version)) + u32(record.fields.count)
+                for (key, value) in record.fields { out += u32(key.count) + key + u32(value.count) + value }
+            }
+            return out
+        }
+        func expectSame(_ bytes: [UInt8], _ comment: Comment? = nil) {
+            let generic = Result { try UpstreamBatch.decode(bytes).records }
+            let filing = Result { try UpstreamBatch.decodeForFiling(bytes) }
+            switch (generic, filing) {
+            case (.success(let records), .success(let filed)):
+                #expect(filed.map(\.fieldsJSON) == records.map { ContractCoding.encodeFlat($0.fields) }, comment)
+                #expect(filed.map(\.pseudonym) == records.map { Array($0.pseudonym) } && filed.map(\.keyVersion) == records.map(\.keyVersion), comment)
+            case (.failure(let a), .failure(let b)):
+                #expect("\(a)" == "\(b)", comment)
+            default:
+                Issue.record("decode \(generic) but decodeForFiling \(filing) \(comment.map { "\($0)" } ?? "")")
+            }
+        }
+        let alphabet: [[UInt8]] = ["a", "b", "tier", "city", "Z", "\"", "\\", "\n", "\u{08}", "\u{1F}", "/", "é", "Köln", "🙂", "e\u{301}"].map { Array($0.utf8) }
+        var random = SplitMix(seed: 42)
+        for round in 0..<300 {
+            let records = (0..<Int.random(in: 0...4, using: &random)).map { _ in
+                (version: UInt32.random(in: 1...3, using: &random), fields: (0..<Int.random(in: 0...6, using: &random)).map { _ in
+                    (alphabet.randomElement(using: &random)! + (Bool.random(using: &random) ? alphabet.randomElement(using: &random)! : []),
+                     (0..<Int.random(in: 0...3, using: &random)).flatMap { _ in alphabet.randomElement(using: &random)! })
+                })
+            }
+            let bytes = binary(records)
+            expectSame(bytes, "round \(round)")
+            // Sorted ASCII keys (what the exporter writes) and the JSON form.
+            let decoded = try UpstreamBatch.decode(bytes)
+            expectSame(decoded.binaryEncoded(), "round \(round), sorted")
+            expectSame(ContractCoding.encode(decoded), "round \(round), JSON")
+        }
+        // Keys out of order, repeated (the last wins), beyond ASCII; invalid UTF-8 in a key or value.
+        let a = Array("a".utf8), b = Array("b".utf8), v = Array("v".utf8), w = Array("w".utf8)
+        for fields in [[(b, v), (a, w)], [(a, v), (a, w)], [(Array("é".utf8), v), (a, w)], [(a, [0xFF])], [([0xC3], v)], [(a, [0xE2, 0x82])]] {
+            let bytes = binary([(1, fields)])
+            expectSame(bytes, "\(fields)")
+            for length in 0..<bytes.count { expectSame(Array(bytes.prefix(length)), "\(fields) cut at \(length)") }
+            expectSame(bytes + [0], "\(fields) + a trailing byte")
+        }
+    }
+
     @Test("a device signature binds method, path and body")
     func deviceSignature() throws {
         let device = DeviceIdentity(deviceId: "d1")
