@@ -41,6 +41,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
     var vaultMetrics = "http://127.0.0.1:9203/metrics"
     @Flag(help: "Only measure ingress: accepted inquiries/s and HTTP latency (closed loop).") var ingressOnly = false
     @Flag(help: "Only measure upstream filing (for profiling it).") var filingOnly = false
+    @Option(help: "The open loop's rate (default: half the measured maximum).") var latencyRate: Double?
 
     func run() async throws {
         guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
@@ -122,7 +123,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         let drainDeadline = ContinuousClock.now + .seconds(120)
         while tracker.pending > 0 && ContinuousClock.now < drainDeadline { try await Task.sleep(for: .milliseconds(200)) }
 
-        let rate = maxRate / 2
+        let rate = latencyRate ?? maxRate / 2
         print(String(format: "== latency at half the maximum: open loop at %.0f inquiries/s, %d s", rate, Int(seconds)))
         let (p50, p99, completed, sent) = try await openLoop(client: client, device: device, users: users, tracker: tracker, rate: rate)
         print(String(format: "   p50 %.1f ms, p99 %.1f ms (%d of %d completed)", p50, p99, completed, sent))

@@ -46,6 +46,8 @@ public struct ServiceConfiguration: Sendable {
     public var topicReplication: Int32
     /// Attempts before a message that keeps failing goes to the dead-letter topic.
     public var maxAttempts: Int
+    /// The most messages a stage takes from its consumer at once (`VEIL_STAGE_MAX_BATCH`).
+    public var stageMaxBatch: Int
     /// Create missing topics at start-up (off where topics are managed elsewhere).
     public var createTopics: Bool
     /// Where the service's keys and the signed key directory are mounted.
@@ -91,6 +93,8 @@ public struct ServiceConfiguration: Sendable {
         ConfigurationVariable("VEIL_TOPIC_PARTITIONS", default: "12", "Partitions of topics created at start-up"),
         ConfigurationVariable("VEIL_TOPIC_REPLICATION", default: "1", "Replication factor of topics created at start-up"),
         ConfigurationVariable("VEIL_MAX_ATTEMPTS", default: "5", "Attempts before a failing message goes to <topic>.dlq"),
+        ConfigurationVariable("VEIL_STAGE_MAX_BATCH", default: "256",
+                              "Most messages a stage takes at once; a stage that falls behind takes everything queued up to this"),
         ConfigurationVariable("VEIL_CREATE_TOPICS", default: "true", "Create missing topics at start-up"),
         ConfigurationVariable("VEIL_KEYS_DIR", required: true,
                               "Folder with <service>/signing.vN.key, encryption.vN.key and key-directory.json (mounted secret)"),
@@ -247,6 +251,7 @@ public struct ServiceConfiguration: Sendable {
             topicPartitions: Int32(try integer("VEIL_TOPIC_PARTITIONS", in: 1...10_000)),
             topicReplication: Int32(try integer("VEIL_TOPIC_REPLICATION", in: 1...10)),
             maxAttempts: try integer("VEIL_MAX_ATTEMPTS", in: 1...100),
+            stageMaxBatch: try integer("VEIL_STAGE_MAX_BATCH", in: 1...10_000),
             createTopics: try boolean("VEIL_CREATE_TOPICS"),
             keysDirectory: try required("VEIL_KEYS_DIR"),
             environment: environment)

@@ -230,7 +230,7 @@ struct Pipeline: Service {
         let configuration = context.configuration, logger = context.logger
         var consumerConfiguration = ConsumerConfiguration(kafka: configuration.kafka, groupID: runtime.service.consumerGroup,
                                                           topics: runtime.service.stageTopics.map(\.name))
-        consumerConfiguration.maxBatchSize = 256
+        consumerConfiguration.maxBatchSize = configuration.stageMaxBatch
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)
         started.markDone()
         logger.info("service ready", metadata: ["group": "\(runtime.service.consumerGroup)",

@@ -66,6 +66,7 @@ struct ServiceRuntimeTests {
         ("KAFKA_QUEUED_MAX_KBYTES", "0", "integer in 1...2097151"),
         ("VEIL_DATABASE_MAX_CONNECTIONS", "0", "integer in 1...1000"),
         ("VEIL_DATABASE_MAX_CONNECTIONS", "many", "integer"),
+        ("VEIL_STAGE_MAX_BATCH", "0", "integer in 1...10000"),
     ] as [(String, String?, String)])
     func badVariable(variable: String, value: String?, message: String) throws {
         var environment = complete
