@@ -372,7 +372,7 @@ extension UpstreamBatch {
             guard key.allSatisfy({ $0 < 0x80 }), index == 0 || previousKey.lexicographicallyPrecedes(key) else { return nil }
             previousKey = key
             let valueStart = reader.index
-            let value = try reader.bytes(Int(try reader.integer(UInt32.self)) )
+            let value = try reader.bytes(Int(try reader.integer(UInt32.self)))
             if !value.allSatisfy({ $0 < 0x80 }) {
                 // Beyond ASCII: the same check (and error) as the dictionary path's.
                 reader.index = valueStart

@@ -99,7 +99,8 @@ public struct ConsumerConfiguration: Sendable {
     public var commitIntervalMilliseconds: Int = 1_000
     /// Messages fetched but not yet taken by the application; the poll thread waits beyond it.
     public var maxBufferedMessages: Int = 10_000
-    /// Messages handed over in one batch.
+    /// The most messages handed over in one batch. A consumer that has fallen behind gets
+    /// everything queued up to this; one that keeps up gets each fetch as it comes.
     public var maxBatchSize: Int = 500
     /// Read only committed transactional messages.
     public var readCommitted: Bool = true
