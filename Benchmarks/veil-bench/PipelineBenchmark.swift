@@ -89,7 +89,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
 
         if filingRecords > 0 {
             print("== upstream filing of \(filingRecords) records")
-            let rate = try await filing(folder: folder, kafka: kafka, logger: logger, count: filingRecords, offset: customers)
+            let (rate, usage) = try await filing(folder: folder, kafka: kafka, logger: logger, count: filingRecords, offset: customers)
+            // The exporter (this process, `veil-bench`) stands in for the upstream provider's machine.
+            print("   CPU µs per record: " + usage)
             print(String(format: "   %.0f records/s filed (export start → last record in PostgreSQL)", rate))
         }
         if filingOnly { return }
@@ -195,8 +197,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
         return (percentile(0.5), percentile(0.99), latencies.count, total)
     }
 
-    /// Exports `count` synthetic customers starting at `offset` and waits until all are filed.
-    func filing(folder: KeyFolder, kafka: KafkaConfiguration, logger: Logger, count: Int, offset: Int) async throws -> Double {
+    /// Exports `count` synthetic customers starting at `offset` and waits until all are filed:
+    /// records/s, and each process's CPU per record from the export's start to the end.
+    func filing(folder: KeyFolder, kafka: KafkaConfiguration, logger: Logger, count: Int, offset: Int) async throws -> (Double, String) {
         var csv = CustomerSample.csv(count: offset + count)
         if offset > 0 {  // keep the header, drop the first `offset` customers
             var lines = csv.split(separator: "\n", omittingEmptySubsequences: false)
@@ -207,6 +210,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         let producer = try KafkaProducer(configuration: ProducerConfiguration(kafka: kafka), logger: logger)
         let codec = EnvelopeCodec(identity: try folder.identity("upstream-exporter"), directory: try folder.directoryStore())
         let key = try folder.secret(party: KeyFolder.providerParty, name: KeyFolder.pseudonymIDKey).current!
+        let cpuBefore = ProcessCPU.snapshot()
         let started = ContinuousClock.now
         let summary = try await UpstreamExporter(codec: codec, producer: producer, pseudonymKey: key, policy: ExportPolicy())
             .export(csv: Array(csv.utf8))
@@ -220,7 +224,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        return Double(summary.published) / (ContinuousClock.now - started).seconds
+        let rate = Double(summary.published) / (ContinuousClock.now - started).seconds
+        return (rate, ProcessCPU.report(from: cpuBefore, to: ProcessCPU.snapshot(), inquiries: summary.published,
+                                        unit: "µs CPU per record", scale: 1_000_000))
     }
 
     /// The vault's own count of filed records: a scrape costs next to nothing, where
@@ -433,9 +439,11 @@ enum ProcessCPU {
         name.hasPrefix("kworker/") ? "kernel workers" : name
     }
 
-    /// Milliseconds of CPU per inquiry for each process name that used at least 1% of the total.
+    /// Milliseconds of CPU per inquiry (or per `unit`, scaled by `scale`: 1,000,000 for µs)
+    /// for each process name that used at least 1% of the total.
     /// A process started during the run counts from zero.
-    static func report(from before: [Int32: Usage], to after: [Int32: Usage], inquiries: Int) -> String {
+    static func report(from before: [Int32: Usage], to after: [Int32: Usage], inquiries: Int,
+                       unit: String = "ms CPU per inquiry", scale: Double = 1000) -> String {
         guard inquiries > 0 else { return "" }
         var used: [String: Double] = [:]
         for (pid, now) in after {
@@ -444,7 +452,7 @@ enum ProcessCPU {
         }
         let total = used.values.reduce(0, +)
         return used.filter { $0.value > total * 0.01 }.sorted { $0.value > $1.value }
-            .map { String(format: "%@ %.2f", $0.key, $0.value * 1000 / Double(inquiries)) }.joined(separator: ", ")
-            + String(format: " (total %.2f ms CPU per inquiry)", total * 1000 / Double(inquiries))
+            .map { String(format: "%@ %.2f", $0.key, $0.value * scale / Double(inquiries)) }.joined(separator: ", ")
+            + String(format: " (total %.2f %@)", total * scale / Double(inquiries), unit)
     }
 }

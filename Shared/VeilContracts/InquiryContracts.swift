@@ -252,23 +252,14 @@ extension UpstreamBatch {
     public static let binaryMagic: [UInt8] = Array("VUB1".utf8)
 
     public func binaryEncoded() -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(8 + records.count * 160)
-        out.append(contentsOf: Self.binaryMagic)
-        Self.append(UInt32(records.count), to: &out)
+        var writer = UpstreamBatchWriter(capacity: records.count * 160)
         for record in records {
-            precondition(record.pseudonym.count == 32, "a pseudonym is 32 bytes")
-            out.append(contentsOf: record.pseudonym)
-            Self.append(record.keyVersion, to: &out)
-            Self.append(UInt32(record.fields.count), to: &out)
+            writer.beginRecord(pseudonym: Array(record.pseudonym), keyVersion: record.keyVersion, fieldCount: record.fields.count)
             for (key, value) in record.fields.sorted(by: { $0.key < $1.key }) {
-                Self.append(UInt32(key.utf8.count), to: &out)
-                out.append(contentsOf: key.utf8)
-                Self.append(UInt32(value.utf8.count), to: &out)
-                out.append(contentsOf: value.utf8)
+                writer.appendField(key: Array(key.utf8), value: ArraySlice(value.utf8))
             }
         }
-        return out
+        return writer.finish()
     }
 
     /// Reads either form (see the type's documentation).
@@ -309,6 +300,60 @@ extension UpstreamBatch {
             fields[key] = try reader.string(Int(try reader.integer(UInt32.self)))
         }
         return fields
+    }
+
+}
+
+/// Writes the binary form of part `records` record by record, for an exporter that
+/// reads its rows straight into it instead of building an `UpstreamRecord` (and a
+/// dictionary of fields) per row. `UpstreamBatch.binaryEncoded` writes through it.
+public struct UpstreamBatchWriter: Sendable {
+    private var out: [UInt8]
+    /// Records begun so far.
+    public private(set) var count = 0
+    /// Fields the current record announced and not yet written.
+    private var fieldsDue = 0
+
+    public init(capacity: Int = 0) {
+        out = []
+        out.reserveCapacity(8 + capacity)
+        out.append(contentsOf: UpstreamBatch.binaryMagic)
+        Self.append(UInt32(0), to: &out)  // the record count, set by `finish`
+    }
+
+    /// Starts a record; exactly `fieldCount` `appendField` calls must follow. Fields are
+    /// written as given: `binaryEncoded` gives them sorted by key, as the key-vault's
+    /// fast path expects (any other order is still read correctly, only slower).
+    public mutating func beginRecord(pseudonym: [UInt8], keyVersion: UInt32, fieldCount: Int) {
+        precondition(pseudonym.count == 32, "a pseudonym is 32 bytes")
+        precondition(fieldsDue == 0, "the previous record still owes \(fieldsDue) fields")
+        out.append(contentsOf: pseudonym)
+        Self.append(keyVersion, to: &out)
+        Self.append(UInt32(fieldCount), to: &out)
+        fieldsDue = fieldCount
+        count += 1
+    }
+
+    /// One field of the current record, both sides UTF-8.
+    public mutating func appendField(key: [UInt8], value: ArraySlice<UInt8>) {
+        precondition(fieldsDue > 0, "more fields than the record announced")
+        fieldsDue -= 1
+        Self.append(UInt32(key.count), to: &out)
+        out.append(contentsOf: key)
+        Self.append(UInt32(value.count), to: &out)
+        out.append(contentsOf: value)
+    }
+
+    /// The payload's bytes so far (the header included).
+    public var byteCount: Int { out.count }
+
+    /// The finished payload.
+    public consuming func finish() -> [UInt8] {
+        precondition(fieldsDue == 0, "the last record still owes \(fieldsDue) fields")
+        withUnsafeBytes(of: UInt32(count).bigEndian) { raw in
+            for (offset, byte) in raw.enumerated() { out[UpstreamBatch.binaryMagic.count + offset] = byte }
+        }
+        return out
     }
 
     private static func append<I: FixedWidthInteger>(_ value: I, to out: inout [UInt8]) {

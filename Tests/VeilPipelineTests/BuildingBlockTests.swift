@@ -14,6 +14,75 @@ struct BuildingBlockTests {
         let rows = Array(CSVReader(Array(text.utf8)))
         #expect(rows == [["id", "name", "note"], ["1", "Müller, Anna", "said \"hi\""], ["2", "Ben", "two\nlines"], ["3", "", ""]])
         #expect(CSVReader.escape("a,b") == "\"a,b\"" && CSVReader.escape("plain") == "plain")
+        // A quote opens mid-field; a doubled quote ends a quoted field; a lone CR ends a row;
+        // the last row needs no line end; an unterminated quote runs to the end of the file.
+        let odd = "ab\"c,d\"e,\"x\"\"\",\"\"\rlast,\"\"\"\"\n\n\"open,\n\"\"q"
+        #expect(Array(CSVReader(Array(odd.utf8))) == [["abc,de", "x\"", ""], ["last", "\""], [""], ["open,\n\"q"]])
+        #expect(Array(CSVReader([])).isEmpty && Array(CSVReader(Array("a,b".utf8))) == [["a", "b"]])
+    }
+
+    @Test("the exporter reads rows straight into the bytes that UpstreamRecords and binaryEncoded give, with the same rows rejected for the same reasons")
+    func exporterBatches() throws {
+        let key = VersionedKey.generate(version: 4)
+        /// The specification: every row as a `String` array, fields in a dictionary, ids
+        /// trimmed by Foundation, `UpstreamBatch.binaryEncoded` per batch.
+        func reference(_ csv: [UInt8], policy: ExportPolicy, batchSize: Int) -> (batches: [[UInt8]], read: Int, rejected: [String: Int]) {
+            var reader = CSVReader(csv)
+            let header = reader.next()!.map { $0.trimmingCharacters(in: .whitespaces) }
+            let idIndex = header.firstIndex(of: policy.idColumn)!
+            let columns = policy.exportedColumns(of: header)
+            let indices = columns.compactMap { header.firstIndex(of: $0) }
+            var batches: [[UInt8]] = [], batch: [UpstreamRecord] = [], read = 0, rejected: [String: Int] = [:]
+            while let row = reader.next() {
+                if row.count == 1, row[0].isEmpty { continue }
+                read += 1
+                guard row.count == header.count else { rejected["wrong number of columns", default: 0] += 1; continue }
+                let id = row[idIndex].trimmingCharacters(in: .whitespaces)
+                guard !id.isEmpty else { rejected["empty \(policy.idColumn)", default: 0] += 1; continue }
+                guard id.utf8.count <= 128 else { rejected["\(policy.idColumn) longer than 128 bytes", default: 0] += 1; continue }
+                var fields: [String: String] = [:]
+                for (column, index) in zip(columns, indices) where !row[index].isEmpty { fields[column] = row[index] }
+                batch.append(UpstreamRecord(pseudonym: Data(key.hash(Array(id.utf8))), keyVersion: key.version, fields: fields))
+                if batch.count == batchSize { batches.append(UpstreamBatch(records: batch).binaryEncoded()); batch = [] }
+            }
+            if !batch.isEmpty { batches.append(UpstreamBatch(records: batch).binaryEncoded()) }
+            return (batches, read, rejected)
+        }
+        func exported(_ csv: [UInt8], policy: ExportPolicy, batchSize: Int) throws -> (batches: [[UInt8]], read: Int, rejected: [String: Int]) {
+            var rows = try UpstreamBatchReader(csv: csv, policy: policy, pseudonymKey: key)
+            var batches: [[UInt8]] = []
+            while let batch = rows.nextBatch(maxRecords: batchSize) {
+                #expect(try UpstreamBatch.decode(batch.payload).records.count == batch.records)
+                batches.append(batch.payload)
+            }
+            #expect(rows.fractionRead == 1)
+            return (batches, rows.read, rows.rejected)
+        }
+        let odd = Array("\u{FEFF} customer_id ,tier,note,tier,name,Stadt,Ärger,leer\r\n".utf8)
+            + Array("C1,gold,\"a, \"\"quoted\"\"\nnote\",ignored,Anna,Köln,x,\r\n".utf8)
+            + Array("  C2\t,silver,,,Ben,Berlin,,\n\n".utf8)              // id trimmed; empty fields left out; a blank line
+            + Array("\u{00A0}C3\u{2003},bronze,n,,C,Bonn,y,\n".utf8)     // Unicode spaces around the id
+            + Array(" ,gold,n,,D,Ulm,z,\n".utf8)                          // an id of spaces only
+            + Array("\(String(repeating: "9", count: 129)),gold,n,,E,Ulm,z,\n".utf8)
+            + Array("\(String(repeating: "8", count: 128)),gold,n,,F,Ulm,z,\n".utf8)
+            + Array("C4,too,few\n".utf8)
+            + Array("C5,gold,bad ".utf8) + [0xFF, 0xC3] + Array(" bytes,,G,Ulm,z,\n".utf8)  // invalid UTF-8 in a value
+            + Array("C6,gold,\"unterminated,,H,Ulm,z,".utf8)
+        let sample = Array(CustomerSample.csv(count: 1_203).utf8)
+        for (csv, policy) in [(sample, ExportPolicy()), (odd, ExportPolicy()), (odd, ExportPolicy(allow: ["note", "Ärger", "tier", "Stadt"])),
+                              (sample, ExportPolicy(allow: ["tier", "city", "missing"]))] {
+            for batchSize in [1, 7, 500] {
+                let expected = reference(csv, policy: policy, batchSize: batchSize)
+                let actual = try exported(csv, policy: policy, batchSize: batchSize)
+                #expect(actual.read == expected.read && actual.rejected == expected.rejected)
+                #expect(actual.batches.count == expected.batches.count)
+                #expect(actual.batches == expected.batches, "policy \(policy), batches of \(batchSize)")
+            }
+        }
+        #expect(try exported(odd, policy: ExportPolicy(), batchSize: 500).rejected
+                == ["wrong number of columns": 2, "empty customer_id": 1, "customer_id longer than 128 bytes": 1])
+        #expect(throws: ExportError.self) { try UpstreamBatchReader(csv: [], policy: ExportPolicy(), pseudonymKey: key) }
+        #expect(throws: ExportError.self) { try UpstreamBatchReader(csv: Array("id,tier\n".utf8), policy: ExportPolicy(), pseudonymKey: key) }
     }
 
     @Test("the default export policy drops names, phone numbers, e-mail, addresses and birth data, and never exports the id")

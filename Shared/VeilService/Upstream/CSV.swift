@@ -13,49 +13,94 @@ public struct CSVReader: Sequence, IteratorProtocol {
 
     /// The next row's fields, or nil at the end. A row with an unterminated quote is returned as read.
     public mutating func next() -> [String]? {
-        guard index < bytes.count else { return nil }
-        var fields: [String] = []
-        var field: [UInt8] = []
-        var quoted = false
+        var row = CSVRow()
+        guard nextRow(into: &row) else { return nil }
+        return (0..<row.count).map { row.string($0) }
+    }
+
+    /// Reads the next row into `row` (its storage reused, so reading a file allocates
+    /// per row nothing but growth), or returns false at the end. The same rows as `next()`:
+    /// runs of plain bytes are copied at once rather than byte by byte.
+    public mutating func nextRow(into row: inout CSVRow) -> Bool {
+        guard index < bytes.count else { return false }
+        row.removeAll()
         line += 1
-        while index < bytes.count {
-            let byte = bytes[index]
-            index += 1
-            if quoted {
-                if byte == UInt8(ascii: "\"") {
-                    if index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
-                        field.append(byte)
-                        index += 1
+        let quote = UInt8(ascii: "\""), comma = UInt8(ascii: ","), lf = UInt8(ascii: "\n"), cr = UInt8(ascii: "\r")
+        index = bytes.withUnsafeBufferPointer { buffer in
+            var i = index, runStart = index, quoted = false
+            func takeRun() { row.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[runStart..<i])) }
+            while i < buffer.count {
+                let byte = buffer[i]
+                if quoted {
+                    guard byte == quote else { i += 1; continue }
+                    takeRun()
+                    if i + 1 < buffer.count, buffer[i + 1] == quote {  // a doubled quote is one quote
+                        row.bytes.append(quote)
+                        i += 2
                     } else {
                         quoted = false
+                        i += 1
                     }
-                } else {
-                    field.append(byte)
+                    runStart = i
+                    continue
                 }
-                continue
+                switch byte {
+                case quote:
+                    takeRun()
+                    quoted = true
+                    i += 1
+                    runStart = i
+                case comma:
+                    takeRun()
+                    row.ends.append(row.bytes.count)
+                    i += 1
+                    runStart = i
+                case lf:
+                    takeRun()
+                    row.ends.append(row.bytes.count)
+                    return i + 1
+                case cr:
+                    takeRun()
+                    row.ends.append(row.bytes.count)
+                    return i + 1 < buffer.count && buffer[i + 1] == lf ? i + 2 : i + 1
+                default:
+                    i += 1
+                }
             }
-            switch byte {
-            case UInt8(ascii: "\""): quoted = true
-            case UInt8(ascii: ","):
-                fields.append(String(decoding: field, as: UTF8.self))
-                field.removeAll(keepingCapacity: true)
-            case UInt8(ascii: "\n"):
-                fields.append(String(decoding: field, as: UTF8.self))
-                return fields
-            case UInt8(ascii: "\r"):
-                if index < bytes.count, bytes[index] == UInt8(ascii: "\n") { index += 1 }
-                fields.append(String(decoding: field, as: UTF8.self))
-                return fields
-            default: field.append(byte)
-            }
+            takeRun()
+            row.ends.append(row.bytes.count)
+            return buffer.count
         }
-        fields.append(String(decoding: field, as: UTF8.self))
-        return fields
+        return true
     }
 
     /// Quotes a field if it needs it.
     public static func escape(_ field: String) -> String {
         guard field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return field }
         return "\"" + field.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}
+
+/// One CSV row as its fields' unquoted bytes, back to back, and where each field ends.
+public struct CSVRow: Sendable {
+    public fileprivate(set) var bytes: [UInt8] = []
+    fileprivate var ends: [Int] = []
+
+    public init() {}
+
+    /// The number of fields (a blank line has one, empty).
+    public var count: Int { ends.count }
+
+    /// Field `index`'s bytes as read (not checked as UTF-8).
+    public subscript(index: Int) -> ArraySlice<UInt8> {
+        bytes[(index == 0 ? 0 : ends[index - 1])..<ends[index]]
+    }
+
+    /// Field `index` decoded as UTF-8 (invalid sequences replaced, as `String(decoding:as:)` does).
+    public func string(_ index: Int) -> String { String(decoding: self[index], as: UTF8.self) }
+
+    fileprivate mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        ends.removeAll(keepingCapacity: true)
     }
 }
