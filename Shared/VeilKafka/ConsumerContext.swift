@@ -25,7 +25,7 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
     /// (`ConsumerConfiguration.startsAtEnd`).
     let startsAtEnd: Bool
 
-    init(logger: Logger, maxBuffered: Int, maxBatch: Int = 500, startsAtEnd: Bool = false) {
+    init(logger: Logger, maxBuffered: Int, maxBatch: Int, startsAtEnd: Bool) {
         self.maxBuffered = max(1, maxBuffered)
         self.maxBatch = max(1, maxBatch)
         self.startsAtEnd = startsAtEnd
