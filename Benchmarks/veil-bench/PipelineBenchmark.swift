@@ -42,6 +42,8 @@ struct PipelineBenchmark: AsyncParsableCommand {
     @Flag(help: "Only measure ingress: accepted inquiries/s and HTTP latency (closed loop).") var ingressOnly = false
     @Flag(help: "Only measure upstream filing (for profiling it).") var filingOnly = false
     @Option(help: "The open loop's rate (default: half the measured maximum).") var latencyRate: Double?
+    @Flag(help: "Also read the four inner topics and print each hop's p50/p90/p99 in the open loop (record timestamps, ms).")
+    var hops = false
 
     func run() async throws {
         guard let brokers = brokers ?? ProcessInfo.processInfo.environment["KAFKA_BROKERS"] else {
@@ -109,7 +111,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         defer { client.shutdown() }
         let users = (0..<customers).map { CustomerSample.customerID($0) }
 
-        let tracker = try CompletionTracker(kafka: kafka, logger: logger)
+        let tracker = try CompletionTracker(kafka: kafka, hops: hops, logger: logger)
         let reading = Task { try await tracker.run() }
         defer { reading.cancel() }
         try await Task.sleep(for: .seconds(3))  // the tracker joins its group
@@ -129,6 +131,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
         print(String(format: "== latency at half the maximum: open loop at %.0f inquiries/s, %d s", rate, Int(seconds)))
         let (p50, p99, completed, sent) = try await openLoop(client: client, device: device, users: users, tracker: tracker, rate: rate)
         print(String(format: "   p50 %.1f ms, p99 %.1f ms (%d of %d completed)", p50, p99, completed, sent))
+        if hops { print(tracker.hopReport()) }
 
         print("\n| measure | value | target |\n|---|---|---|")
         print(String(format: "| crypto-only bound | %.0f inquiries/s | |", bound))
@@ -191,6 +194,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
             for try await id in group { if let id { ids.append(id) } }
         }
         try await Task.sleep(for: .seconds(3))
+        tracker.measured = ids
         let latencies = tracker.latencies(of: ids).sorted()
         guard !latencies.isEmpty else { return (0, 0, 0, total) }
         func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
@@ -241,28 +245,77 @@ struct PipelineBenchmark: AsyncParsableCommand {
 }
 
 /// Reads `veil.insights.v1` (keys only: the key is the inquiry id) and records when
-/// each expected inquiry completed.
+/// each expected inquiry completed. With `hops`, also the four topics before it, each
+/// record's timestamp by inquiry id, for the time each hop took (`hopReport`).
 final class CompletionTracker: Sendable {
+    /// The topics an inquiry passes, in order; the last is the output.
+    static let path = [Topic.inquiriesReceived, .inquiriesAnonymized, .inquiriesTokenized, .inquiriesMatched, .insights].map(\.name)
+
     let consumer: KafkaConsumer
     private let state = Mutex<(sent: [String: ContinuousClock.Instant], done: [String: ContinuousClock.Instant])>(([:], [:]))
+    /// Per topic of `path`: inquiry id → record timestamp (ms); the last entry is when this reader got the insight.
+    private let stamps = Mutex<[[String: Int64]]>(Array(repeating: [:], count: CompletionTracker.path.count + 1))
+    private let measuredIDs = Mutex<[String]>([])
+    let hops: Bool
 
-    init(kafka: KafkaConfiguration, logger: Logger) throws {
+    init(kafka: KafkaConfiguration, hops: Bool = false, logger: Logger) throws {
+        self.hops = hops
         var configuration = ConsumerConfiguration(kafka: kafka, groupID: "veil-bench.\(UUID().uuidString.prefix(8))",
-                                                  topics: [Topic.insights.name])
+                                                  topics: hops ? Self.path : [Topic.insights.name])
         configuration.offsetReset = .latest
         consumer = try KafkaConsumer(configuration: configuration, logger: logger)
     }
 
     func run() async throws {
+        let output = Self.path.count - 1
         while let batch = try await consumer.nextBatch() {
             let now = ContinuousClock.now
+            let wall = Int64(Date().timeIntervalSince1970 * 1000)
             state.withLock { state in
-                for message in batch {
+                for message in batch where message.topic == Topic.insights.name {
                     guard let key = message.key else { continue }
                     state.done[String(decoding: key, as: UTF8.self)] = now
                 }
             }
+            if hops {
+                stamps.withLock { stamps in
+                    for message in batch {
+                        guard let key = message.key, let hop = Self.path.firstIndex(of: message.topic) else { continue }
+                        let id = String(decoding: key, as: UTF8.self)
+                        stamps[hop][id] = message.timestampMilliseconds
+                        if hop == output { stamps[output + 1][id] = wall }
+                    }
+                }
+            }
             consumer.markProcessed(batch)
+        }
+    }
+
+    /// The open loop's inquiries, for `hopReport`.
+    var measured: [String] {
+        get { measuredIDs.withLock { $0 } }
+        set { measuredIDs.withLock { $0 = newValue } }
+    }
+
+    /// Each hop's p50/p90/p99 over the measured inquiries, from record timestamps (ms, the
+    /// producing client's clock: every process here reads the same one).
+    func hopReport() -> String {
+        let ids = measured
+        let names = ["received", "anonymized", "tokenized", "matched", "insight", "read"]
+        return stamps.withLock { stamps in
+            var lines = ["   per hop, from record timestamps (ms):"]
+            func line(_ label: String, _ from: Int, _ to: Int) {
+                let values = ids.compactMap { id -> Int64? in
+                    guard let a = stamps[from][id], let b = stamps[to][id] else { return nil }
+                    return b - a
+                }.sorted()
+                guard !values.isEmpty else { return lines.append("     \(label): no records") }
+                func p(_ q: Double) -> Int64 { values[min(values.count - 1, Int(Double(values.count) * q))] }
+                lines.append("     \(label.padding(toLength: 26, withPad: " ", startingAt: 0)) p50 \(p(0.5)), p90 \(p(0.9)), p99 \(p(0.99)) (\(values.count))")
+            }
+            for hop in 0..<names.count - 1 { line("\(names[hop]) → \(names[hop + 1])", hop, hop + 1) }
+            line("received → read (all)", 0, names.count - 1)
+            return lines.joined(separator: "\n")
         }
     }
 
