@@ -301,7 +301,6 @@ extension UpstreamBatch {
         }
         return fields
     }
-
 }
 
 /// Writes the binary form of part `records` record by record, for an exporter that

@@ -81,6 +81,8 @@ struct BuildingBlockTests {
         }
         #expect(try exported(odd, policy: ExportPolicy(), batchSize: 500).rejected
                 == ["wrong number of columns": 2, "empty customer_id": 1, "customer_id longer than 128 bytes": 1])
+        #expect(try exported(sample, policy: ExportPolicy(), batchSize: 0).batches == reference(sample, policy: ExportPolicy(), batchSize: 1).batches,
+                "a batch size below one exports one record per batch, never nothing")
         #expect(throws: ExportError.self) { try UpstreamBatchReader(csv: [], policy: ExportPolicy(), pseudonymKey: key) }
         #expect(throws: ExportError.self) { try UpstreamBatchReader(csv: Array("id,tier\n".utf8), policy: ExportPolicy(), pseudonymKey: key) }
     }

@@ -138,8 +138,9 @@ public struct UpstreamBatchReader {
     /// Rows rejected so far, by reason.
     public private(set) var rejected: [String: Int] = [:]
 
-    /// The next batch of at most `maxRecords` records, or nil when the file is done.
+    /// The next batch of at most `maxRecords` records (at least one), or nil when the file is done.
     public mutating func nextBatch(maxRecords: Int) -> (payload: [UInt8], records: Int)? {
+        let maxRecords = max(1, maxRecords)  // never an empty batch that would end the export early
         var writer = UpstreamBatchWriter(capacity: maxRecords * 160)
         while writer.count < maxRecords, reader.nextRow(into: &row) {
             if row.count == 1, row[0].isEmpty { continue }  // blank line
