@@ -182,7 +182,7 @@ struct PosReplyFollower: Service {
     let logger: Logger
 
     init(context: ServiceContext, pending: PendingLookups) throws {
-        var configuration = ConsumerConfiguration(kafka: context.configuration.kafka,
+        var configuration = ConsumerConfiguration(kafka: context.configuration.kafka(consuming: [Topic.posLookupReplies]),
                                                   groupID: "\(ServiceName.ingress.consumerGroup).pos-replies.\(UUID().uuidString.prefix(8))",
                                                   topics: [Topic.posLookupReplies.name])
         // Only replies to lookups made from now on matter, and readiness (assigned) must mean

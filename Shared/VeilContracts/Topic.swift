@@ -8,12 +8,17 @@ public struct Topic: Sendable, Hashable, CustomStringConvertible {
     public let compacted: Bool
     /// Read by parties outside Veil (downstream providers); documented in docs/asyncapi.yaml.
     public let isOutput: Bool
+    /// A caller waits on an open HTTP request while its message crosses this topic (a till's
+    /// household lookup): consumers of it fetch with `KAFKA_REPLY_FETCH_WAIT_MAX_MS`.
+    public let callerWaits: Bool
 
-    public init(_ name: String, retentionMilliseconds: Int64? = nil, compacted: Bool = false, isOutput: Bool = false) {
+    public init(_ name: String, retentionMilliseconds: Int64? = nil, compacted: Bool = false, isOutput: Bool = false,
+                callerWaits: Bool = false) {
         self.name = name
         self.retentionMilliseconds = retentionMilliseconds
         self.compacted = compacted
         self.isOutput = isOutput
+        self.callerWaits = callerWaits
     }
 
     /// Where messages that can never be processed on this topic go, with the reason in headers.
@@ -49,8 +54,8 @@ extension Topic {
     public static let customerNotifications = Topic("veil.customer.notifications.v1", retentionMilliseconds: 7 * day)
 
     // Point of sale.
-    public static let posLookups = Topic("veil.pos.lookups.v1", retentionMilliseconds: hour)
-    public static let posLookupReplies = Topic("veil.pos.lookups.replies.v1", retentionMilliseconds: hour)
+    public static let posLookups = Topic("veil.pos.lookups.v1", retentionMilliseconds: hour, callerWaits: true)
+    public static let posLookupReplies = Topic("veil.pos.lookups.replies.v1", retentionMilliseconds: hour, callerWaits: true)
     public static let posTransactions = Topic("veil.pos.transactions.v1", retentionMilliseconds: 7 * day, isOutput: true)
 
     // Confidential information in chat.

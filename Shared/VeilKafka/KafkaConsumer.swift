@@ -343,8 +343,8 @@ extension KafkaMessage {
     /// `rd_kafka_destroy` waits for it forever.)
     init(copying raw: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) {
         let m = raw.pointee
-        let value = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? []
-        let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
+        let value = m.payload.map { copyBytes($0, m.len) } ?? []
+        let key = m.key.map { copyBytes($0, m.key_len) }
         var headers: [KafkaHeader] = []
         var hdrs: OpaquePointer?
         if rd_kafka_message_headers(raw, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
@@ -354,7 +354,7 @@ extension KafkaMessage {
             var size = 0
             while rd_kafka_header_get_all(hdrs, index, &name, &valuePointer, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
                 headers.append(KafkaHeader(name: name.map { String(cString: $0) } ?? "",
-                                           value: valuePointer.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
+                                           value: valuePointer.map { copyBytes($0, size) }))
                 index += 1
             }
         }
@@ -362,6 +362,16 @@ extension KafkaMessage {
         let timestamp = rd_kafka_message_timestamp(raw, &timestampType)
         self.init(topic: topic, partition: m.partition, offset: m.offset,
                   key: key, value: value, headers: headers, timestampMilliseconds: timestamp)
+    }
+}
+
+/// A byte array copied from C memory with one allocation and one `memcpy` (the generic
+/// `Array(UnsafeRawBufferPointer)` initializer copies through the collection protocols).
+@inline(__always)
+private func copyBytes(_ start: UnsafeRawPointer, _ count: Int) -> [UInt8] {
+    [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+        if count > 0 { buffer.baseAddress!.initialize(from: start.assumingMemoryBound(to: UInt8.self), count: count) }
+        initialized = count
     }
 }
 

@@ -52,8 +52,20 @@ public struct ServiceConfiguration: Sendable {
     public var createTopics: Bool
     /// Where the service's keys and the signed key directory are mounted.
     public var keysDirectory: String
+    /// `fetch.wait.max.ms` for consumers of topics a caller waits on (`KAFKA_REPLY_FETCH_WAIT_MAX_MS`).
+    public var replyFetchWaitMilliseconds: Int?
     /// The environment it was read from, for the service-specific settings below.
     public var environment: [String: String] = [:]
+
+    /// The Kafka settings for a consumer of `topics`: with the shorter reply fetch wait
+    /// when a caller waits on any of them and `KAFKA_REPLY_FETCH_WAIT_MAX_MS` is set.
+    public func kafka(consuming topics: [Topic]) -> KafkaConfiguration {
+        var kafka = self.kafka
+        if let replyFetchWaitMilliseconds, topics.contains(where: \.callerWaits) {
+            kafka.properties["fetch.wait.max.ms"] = String(replyFetchWaitMilliseconds)
+        }
+        return kafka
+    }
 
     /// A service-specific setting: its value, or its default from `variables`.
     public func setting(_ name: String) -> String? {
@@ -165,6 +177,8 @@ public struct ServiceConfiguration: Sendable {
                               "dispatcher: ranking weight of serving outside the technician's home region"),
         ConfigurationVariable("KAFKA_FETCH_WAIT_MAX_MS",
                               "Longest a fetch waits for data (librdkafka default 500). Real Kafka answers as soon as data arrives; librdkafka's mock cluster waits the full time, so the local stack sets 5"),
+        ConfigurationVariable("KAFKA_REPLY_FETCH_WAIT_MAX_MS",
+                              "KAFKA_FETCH_WAIT_MAX_MS for the consumers a caller waits on (the key-vault's stage, which answers point-of-sale lookups, and ingress's lookup replies); default: KAFKA_FETCH_WAIT_MAX_MS. Only librdkafka's mock cluster needs it (the local stack sets 1): it holds an empty fetch for the whole wait, a real broker answers when data arrives"),
         ConfigurationVariable("KAFKA_LINGER_MS", "How long the producer batches before sending (default 5)"),
         ConfigurationVariable("KAFKA_QUEUED_MAX_KBYTES",
                               "Per consumer, most kilobytes fetched ahead of processing (librdkafka default 65536). A consumer whose prefetch reaches it pauses fetching for a fixed back-off (librdkafka 2.0.2), so a consumer that falls behind in bursts stalls less with more, at the cost of memory"),
@@ -254,6 +268,8 @@ public struct ServiceConfiguration: Sendable {
             stageMaxBatch: try integer("VEIL_STAGE_MAX_BATCH", in: 1...10_000),
             createTopics: try boolean("VEIL_CREATE_TOPICS"),
             keysDirectory: try required("VEIL_KEYS_DIR"),
+            replyFetchWaitMilliseconds: value("KAFKA_REPLY_FETCH_WAIT_MAX_MS") == nil
+                ? nil : try integer("KAFKA_REPLY_FETCH_WAIT_MAX_MS", in: 0...300_000),
             environment: environment)
     }
 }

@@ -228,7 +228,8 @@ struct Pipeline: Service {
 
     private func runStage<Handler: MessageHandler>(_ handler: Handler) async throws {
         let configuration = context.configuration, logger = context.logger
-        var consumerConfiguration = ConsumerConfiguration(kafka: configuration.kafka, groupID: runtime.service.consumerGroup,
+        var consumerConfiguration = ConsumerConfiguration(kafka: configuration.kafka(consuming: runtime.service.stageTopics),
+                                                          groupID: runtime.service.consumerGroup,
                                                           topics: runtime.service.stageTopics.map(\.name))
         consumerConfiguration.maxBatchSize = configuration.stageMaxBatch
         let consumer = try KafkaConsumer(configuration: consumerConfiguration, logger: logger)

@@ -107,6 +107,31 @@ struct ServiceRuntimeTests {
         #expect(producer["queued.max.messages.kbytes"] == nil && producer["fetch.wait.max.ms"] == nil)
     }
 
+    @Test("the reply fetch wait reaches only consumers of topics a caller waits on, and is validated")
+    func replyFetchWait() throws {
+        var environment = complete
+        environment["KAFKA_FETCH_WAIT_MAX_MS"] = "5"
+        let unset = try ServiceConfiguration.load(service: .keyVault, environment: environment)
+        #expect(unset.kafka(consuming: ServiceName.keyVault.stageTopics).properties["fetch.wait.max.ms"] == "5")
+
+        environment["KAFKA_REPLY_FETCH_WAIT_MAX_MS"] = "1"
+        let vault = try ServiceConfiguration.load(service: .keyVault, environment: environment)
+        // The vault's stage reads the lookups a till waits on; the matcher's stage does not.
+        #expect(ServiceName.keyVault.stageTopics.contains(Topic.posLookups))
+        #expect(vault.kafka(consuming: ServiceName.keyVault.stageTopics).baseProperties(for: .consumer)["fetch.wait.max.ms"] == "1")
+        #expect(vault.kafka(consuming: [Topic.posLookupReplies]).properties["fetch.wait.max.ms"] == "1")
+        #expect(vault.kafka(consuming: ServiceName.matcher.stageTopics).properties["fetch.wait.max.ms"] == "5")
+        #expect(vault.kafka.properties["fetch.wait.max.ms"] == "5")
+
+        environment["KAFKA_REPLY_FETCH_WAIT_MAX_MS"] = "soon"
+        #expect(throws: ConfigurationError.self) { try ServiceConfiguration.load(service: .keyVault, environment: environment) }
+        do {
+            _ = try ServiceConfiguration.load(service: .keyVault, environment: environment)
+        } catch {
+            #expect(error.variable == "KAFKA_REPLY_FETCH_WAIT_MAX_MS")
+        }
+    }
+
     @Test("a service started without KAFKA_BROKERS exits non-zero naming the variable")
     func executableRefusesBadConfiguration() throws {
         let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
