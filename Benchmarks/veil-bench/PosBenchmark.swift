@@ -153,7 +153,7 @@ struct PosBenchmark: AsyncParsableCommand {
             if let handle = FileHandle(forWritingAtPath: path) {
                 handle.seekToEndOfFile(); handle.write(Data(text.utf8)); try? handle.close()
             } else {
-                FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+                _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
             }
         }
         return Run(latencies: collected.latencies.withLock { $0.sorted() }, errors: collected.errors.withLock { $0 },

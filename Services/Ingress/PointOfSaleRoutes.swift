@@ -117,7 +117,7 @@ final class PendingLookups: Sendable {
             expireOverdue()
         }
         state.withLock { $0.closed = true }
-        expire { _ in true }
+        _ = expire { _ in true }
     }
 
     private func expire(where overdue: (ContinuousClock.Instant) -> Bool) -> Int {

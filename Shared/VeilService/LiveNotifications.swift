@@ -64,12 +64,12 @@ public final class LiveNotifications: Service, Sendable {
 
     /// Listens until shutdown, reconnecting after failures.
     public func run() async throws {
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do {
                     try await self.database.client.withConnection { connection in
-                        for try await notification in try await connection.listen(self.channel) {
-                            self.wake(notification.payload)
+                        try await connection.listen(on: self.channel) { notifications in
+                            for try await notification in notifications { self.wake(notification.payload) }
                         }
                     }
                 } catch {

@@ -103,10 +103,9 @@ final class RecordedLogs: Sendable {
             set { metadata[key] = newValue }
         }
 
-        func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                 source: String, file: String, function: String, line: UInt) {
-            let merged = self.metadata.merging(explicit ?? [:]) { $1 }.mapValues { "\($0)" }
-            logs.records.withLock { $0.append(Record(level: level, message: "\(message)", metadata: merged)) }
+        func log(event: LogEvent) {
+            let merged = metadata.merging(event.metadata ?? [:]) { $1 }.mapValues { "\($0)" }
+            logs.records.withLock { $0.append(Record(level: event.level, message: "\(event.message)", metadata: merged)) }
         }
     }
 }

@@ -127,7 +127,6 @@ final class PipelineWorld: Sendable {
         case .merger: Merger.runtime
         case .dispatcher: Dispatcher.runtime
         case .technicianAlerter: TechnicianAlerter.runtime
-        default: fatalError("not part of these tests")
         }
     }
 

@@ -95,7 +95,7 @@ struct ProvisioningTests {
         let vaultConfiguration = try await provisioner.provision(schema: vault, password: "pw-vault")
         let matcherConfiguration = try await provisioner.provision(schema: matcher, password: "pw-matcher")
 
-        try await withDatabase(vaultConfiguration, schema: vault) { database in
+        _ = try await withDatabase(vaultConfiguration, schema: vault) { database in
             try await database.migrate([Migration("001_keys", sql: "CREATE TABLE {schema}.keys (k bytea)")])
         }
         try await withDatabase(matcherConfiguration, schema: matcher) { database in
