@@ -129,9 +129,9 @@ struct PipelineBenchmark: AsyncParsableCommand {
 
         let rate = latencyRate ?? maxRate / 2
         print(String(format: "== latency at half the maximum: open loop at %.0f inquiries/s, %d s", rate, Int(seconds)))
-        let (p50, p99, completed, sent) = try await openLoop(client: client, device: device, users: users, tracker: tracker, rate: rate)
+        let (p50, p99, completed, sent, ids) = try await openLoop(client: client, device: device, users: users, tracker: tracker, rate: rate)
         print(String(format: "   p50 %.1f ms, p99 %.1f ms (%d of %d completed)", p50, p99, completed, sent))
-        if hops { print(tracker.hopReport()) }
+        if hops { print(tracker.hopReport(of: ids)) }
 
         print("\n| measure | value | target |\n|---|---|---|")
         print(String(format: "| crypto-only bound | %.0f inquiries/s | |", bound))
@@ -174,7 +174,7 @@ struct PipelineBenchmark: AsyncParsableCommand {
     }
 
     func openLoop(client: LoadClient, device: DeviceIdentity, users: [String], tracker: CompletionTracker,
-                  rate: Double) async throws -> (Double, Double, Int, Int) {
+                  rate: Double) async throws -> (Double, Double, Int, Int, [String]) {
         let interval = Duration.nanoseconds(Int64(1e9 / max(1, rate)))
         let start = ContinuousClock.now
         let total = Int(rate * seconds)
@@ -194,11 +194,10 @@ struct PipelineBenchmark: AsyncParsableCommand {
             for try await id in group { if let id { ids.append(id) } }
         }
         try await Task.sleep(for: .seconds(3))
-        tracker.measured = ids
         let latencies = tracker.latencies(of: ids).sorted()
-        guard !latencies.isEmpty else { return (0, 0, 0, total) }
+        guard !latencies.isEmpty else { return (0, 0, 0, total, ids) }
         func percentile(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-        return (percentile(0.5), percentile(0.99), latencies.count, total)
+        return (percentile(0.5), percentile(0.99), latencies.count, total, ids)
     }
 
     /// Exports `count` synthetic customers starting at `offset` and waits until all are filed:
@@ -255,7 +254,6 @@ final class CompletionTracker: Sendable {
     private let state = Mutex<(sent: [String: ContinuousClock.Instant], done: [String: ContinuousClock.Instant])>(([:], [:]))
     /// Per topic of `path`: inquiry id → record timestamp (ms); the last entry is when this reader got the insight.
     private let stamps = Mutex<[[String: Int64]]>(Array(repeating: [:], count: CompletionTracker.path.count + 1))
-    private let measuredIDs = Mutex<[String]>([])
     let hops: Bool
 
     init(kafka: KafkaConfiguration, hops: Bool = false, logger: Logger) throws {
@@ -270,7 +268,6 @@ final class CompletionTracker: Sendable {
         let output = Self.path.count - 1
         while let batch = try await consumer.nextBatch() {
             let now = ContinuousClock.now
-            let wall = Int64(Date().timeIntervalSince1970 * 1000)
             state.withLock { state in
                 for message in batch where message.topic == Topic.insights.name {
                     guard let key = message.key else { continue }
@@ -278,6 +275,7 @@ final class CompletionTracker: Sendable {
                 }
             }
             if hops {
+                let wall = Int64(Date().timeIntervalSince1970 * 1000)
                 stamps.withLock { stamps in
                     for message in batch {
                         guard let key = message.key, let hop = Self.path.firstIndex(of: message.topic) else { continue }
@@ -291,16 +289,9 @@ final class CompletionTracker: Sendable {
         }
     }
 
-    /// The open loop's inquiries, for `hopReport`.
-    var measured: [String] {
-        get { measuredIDs.withLock { $0 } }
-        set { measuredIDs.withLock { $0 = newValue } }
-    }
-
-    /// Each hop's p50/p90/p99 over the measured inquiries, from record timestamps (ms, the
-    /// producing client's clock: every process here reads the same one).
-    func hopReport() -> String {
-        let ids = measured
+    /// Each hop's p50/p90/p99 over `ids` (the open loop's inquiries), from record timestamps
+    /// (ms, the producing client's clock: every process here reads the same one).
+    func hopReport(of ids: [String]) -> String {
         let names = ["received", "anonymized", "tokenized", "matched", "insight", "read"]
         return stamps.withLock { stamps in
             var lines = ["   per hop, from record timestamps (ms):"]

@@ -69,7 +69,8 @@ broker_up() {
   echo "export KAFKA_FETCH_WAIT_MAX_MS=\${KAFKA_FETCH_WAIT_MAX_MS:-5}" >> "$envfile"
   # The consumers a till waits on (the vault's stage, ingress's lookup replies) fetch every
   # millisecond instead: two hops of up to 5 ms each were half a lookup's median. Measured at
-  # 500 lookups/s: p50 9-13 -> 5-9 ms for ~0.3 ms more CPU per lookup (docs/ARCHITECTURE.md §6).
+  # 500 lookups/s: p50 9-13 -> 5-9 ms for ~0.3 ms more CPU per lookup, and ~0.19 of a core more
+  # while idle (Deploy/local/idle-cpu.sh; docs/ARCHITECTURE.md §6).
   echo "export KAFKA_REPLY_FETCH_WAIT_MAX_MS=\${KAFKA_REPLY_FETCH_WAIT_MAX_MS:-1}" >> "$envfile"
   echo "==> embedded Kafka broker at $(cat "$addr")"
 }
