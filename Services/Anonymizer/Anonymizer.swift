@@ -8,7 +8,8 @@ import VeilService
 /// The anonymizer process.
 public enum Anonymizer {
     public static let runtime = ServiceRuntime(service: .anonymizer) { context in
-        EnvelopeStage(codec: context.codec, handler: AnonymizerHandler(grants: context.grants))
+        // Each inquiry is its own key: a batch's hashing, sealing and signing runs on every core.
+        ConcurrentEnvelopeStage(codec: context.codec, handler: AnonymizerHandler(grants: context.grants), concurrency: 8)
     }
 }
 

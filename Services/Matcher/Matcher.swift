@@ -32,6 +32,8 @@ public struct MatcherHandler: MessageHandler {
         let token: MatchTokenPayload
         let access: SealedPart
         let lookup: Lookup
+        /// The output, sealed with the batch's others in `prepare` (all cores at once).
+        var output: OutgoingMessage?
     }
 
     enum Lookup: Sendable {
@@ -82,29 +84,54 @@ public struct MatcherHandler: MessageHandler {
             logger.warning("batch lookup failed; looking up one by one", metadata: ["error": "\(safeDescription(error))"])
             found = nil
         }
-        return decoded.map { result in
+        var inputs = decoded.map { result in
             result.map { envelope, token, access in
                 Input(envelope: envelope, token: token, access: access, lookup: found.map { $0[token.token].map(Lookup.found) ?? .missing } ?? .notLookedUp)
             }
         }
+        // The outputs of every looked-up token, sealed in parallel; `handle` hands them over in order.
+        var ready: [Int] = []
+        var outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)] = []
+        for (index, result) in inputs.enumerated() {
+            guard case .success(let input) = result else { continue }
+            let record: EncryptedRecord?
+            switch input.lookup {
+            case .found(let found): record = found
+            case .missing: record = nil
+            case .notLookedUp: continue
+            }
+            ready.append(index)
+            outputs.append((draft(input, record: record), Topic.inquiriesMatched.name, batch[index].key))
+        }
+        for (index, sealed) in zip(ready, await codec.messages(outputs)) {
+            guard case .success(let output) = sealed, case .success(var input) = inputs[index] else { continue }
+            input.output = output
+            inputs[index] = .success(input)
+        }
+        return inputs
     }
 
     public func gaveUp(on input: Input) { codec.release(input.envelope) }
 
     public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
+        if let output = input.output { return [output] }
         let record: EncryptedRecord?
         switch input.lookup {
         case .found(let found): record = found
         case .missing: record = nil
         case .notLookedUp: record = try await lookup([input.token.token])[input.token.token]
         }
+        return [try codec.message(draft(input, record: record), topic: Topic.inquiriesMatched.name, key: message.key)]
+    }
+
+    /// The match sealed to the merger, the access info forwarded unopened.
+    func draft(_ input: Input, record: EncryptedRecord?) -> EnvelopeDraft {
         let match = MatchPayload(token: input.token.token, matchKeyVersion: input.token.matchKeyVersion, record: record)
-        let draft = EnvelopeDraft(id: .derived(from: input.envelope.header.id, stage: Self.stage), type: MessageType.inquiryMatched,
-                                  parts: [
-                                      .sealed(PartLabel.match, payload: ContractCoding.encode(match), to: [ServiceName.merger.rawValue]),
-                                      .forwarded(input.access),
-                                  ])
-        return [try codec.message(draft, topic: Topic.inquiriesMatched.name, key: message.key)]
+        return EnvelopeDraft(id: .derived(from: input.envelope.header.id, stage: Self.stage), type: MessageType.inquiryMatched,
+                             parts: [
+                                 .sealed(PartLabel.match, payload: ContractCoding.encode(match), to: [ServiceName.merger.rawValue]),
+                                 .forwarded(input.access),
+                             ])
     }
 
     /// One indexed query for all tokens of a batch.

@@ -59,6 +59,8 @@ public struct MergerHandler: MessageHandler {
     public struct Input: Sendable {
         let envelope: VerifiedEnvelope
         let merged: Merged?
+        /// The published insight, sealed with the batch's others in `prepare` (all cores at once).
+        var output: OutgoingMessage?
     }
 
     struct Merged: Sendable {
@@ -108,20 +110,37 @@ public struct MergerHandler: MessageHandler {
                 results.append(.failure(error))
             }
         }
-        guard settings.save else { return results }
-        do {
-            try await save(results.compactMap { try? $0.get().merged })
-        } catch {
-            logger.warning("batch save failed; saving one by one", metadata: ["error": "\(safeDescription(error))"])
-            return results
-        }
-        return results.map { result in
-            result.map { input in
-                var merged = input.merged
-                merged?.saved = true
-                return Input(envelope: input.envelope, merged: merged)
+        var inputs = results
+        if settings.save {
+            do {
+                try await save(results.compactMap { try? $0.get().merged })
+                inputs = results.map { result in
+                    result.map { input in
+                        var merged = input.merged
+                        merged?.saved = true
+                        return Input(envelope: input.envelope, merged: merged)
+                    }
+                }
+            } catch {
+                // `handle` saves them one by one, with retries.
+                logger.warning("batch save failed; saving one by one", metadata: ["error": "\(safeDescription(error))"])
             }
         }
+        guard settings.publish else { return inputs }
+        // The insights, sealed to the providers in parallel; `handle` hands them over in order.
+        var ready: [Int] = []
+        var outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)] = []
+        for (index, result) in inputs.enumerated() {
+            guard case .success(let input) = result, let merged = input.merged else { continue }
+            ready.append(index)
+            outputs.append((draft(input.envelope, merged), Topic.insights.name, merged.key))
+        }
+        for (index, sealed) in zip(ready, await codec.messages(outputs)) {
+            guard case .success(let output) = sealed, case .success(var input) = inputs[index] else { continue }
+            input.output = output
+            inputs[index] = .success(input)
+        }
+        return inputs
     }
 
     public func gaveUp(on input: Input) { codec.release(input.envelope) }
@@ -134,9 +153,14 @@ public struct MergerHandler: MessageHandler {
             merged.saved = true
         }
         guard settings.publish else { return [] }
-        let draft = EnvelopeDraft(id: .derived(from: input.envelope.header.id, stage: Self.stage), type: MessageType.insightPublished,
-                                  parts: [.sealed(PartLabel.insight, payload: merged.payload, to: settings.providers)])
-        return [try codec.message(draft, topic: Topic.insights.name, key: merged.key)]
+        if let output = input.output { return [output] }
+        return [try codec.message(draft(input.envelope, merged), topic: Topic.insights.name, key: merged.key)]
+    }
+
+    /// The insight sealed to every configured provider.
+    func draft(_ envelope: VerifiedEnvelope, _ merged: Merged) -> EnvelopeDraft {
+        EnvelopeDraft(id: .derived(from: envelope.header.id, stage: Self.stage), type: MessageType.insightPublished,
+                      parts: [.sealed(PartLabel.insight, payload: merged.payload, to: settings.providers)])
     }
 
     func merge(_ envelope: VerifiedEnvelope, message: KafkaMessage) async throws -> Merged {

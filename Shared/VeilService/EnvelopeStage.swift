@@ -28,6 +28,20 @@ public struct EnvelopeCodec: Sendable {
                                headers: sealed.kafkaHeaders.map { KafkaHeader(name: $0.0, value: $0.1) })
     }
 
+    /// `message(_:topic:key:)` for a batch's outputs, sealed and signed across all cores;
+    /// results in input order. A stage that makes its outputs one by one in `handle`
+    /// keeps one core busy per batch; one that makes them here in `prepare` uses all.
+    public func messages(_ outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)]) async -> [Result<OutgoingMessage, EnvelopeError>] {
+        guard !outputs.isEmpty else { return [] }
+        let sealed = await sealer.sealBatch(outputs.map(\.draft))
+        return zip(outputs, sealed).map { output, result in
+            result.map { sealed in
+                OutgoingMessage(topic: output.topic, key: output.key, value: sealed.bytes,
+                                headers: sealed.kafkaHeaders.map { KafkaHeader(name: $0.0, value: $0.1) })
+            }
+        }
+    }
+
     /// Verifies and opens a consumed batch in parallel. Freshness is judged against each
     /// record's Kafka timestamp (falling back to now), so a lagging consumer's backlog
     /// is not stale but an old envelope produced again is.

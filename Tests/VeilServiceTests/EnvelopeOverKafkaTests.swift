@@ -82,6 +82,31 @@ struct EnvelopeOverKafkaTests {
         await producer.close()
     }
 
+    @Test("a batch's outputs sealed at once across cores come back in input order, each with its topic and key and opening for its recipient; one that cannot be sealed fails alone")
+    func batchOfOutputs() async throws {
+        let matcher = try codec("matcher")
+        var outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)] = (0..<40).map { i in
+            (EnvelopeDraft(id: .derived(from: .generate(), stage: "matcher"), type: "veil.inquiry.matched.v1",
+                           parts: [.sealed("match", payload: Array("record-\(i)".utf8), to: ["merger"])]),
+             "veil.inquiries.matched.v1", Array("inq-\(i)".utf8))
+        }
+        outputs[7].draft = EnvelopeDraft(type: "veil.inquiry.matched.v1", parts: [.sealed("match", payload: [1], to: ["nobody"])])
+        let sealed = await matcher.messages(outputs)
+        #expect(sealed.count == 40)
+        let merger = try codec("merger").verifier
+        for (i, result) in sealed.enumerated() {
+            if i == 7 {
+                #expect(throws: EnvelopeError.self) { try result.get() }
+                continue
+            }
+            let message = try result.get()
+            #expect(message.topic == "veil.inquiries.matched.v1" && message.key == Array("inq-\(i)".utf8))
+            let opened = try merger.verify(message.value, topic: message.topic)
+            #expect(opened.payload("match") == Array("record-\(i)".utf8))
+            #expect(opened.header.id == outputs[i].draft.id, "the draft's (derived) id, so a retry repeats it")
+        }
+    }
+
     @Test("a directory published on veil.keys.directory.v1 is installed; one with a bad signature is refused")
     func directoryFollower() async throws {
         let kafka = try Kafka()
