@@ -45,7 +45,10 @@ public enum TechnicianAlerter {
         let port = try context.configuration.integer("VEIL_ALERTER_HTTP_PORT", in: 0...65535)
         let live = LiveNotifications(database: context.database, channel: "veil_alerts", logger: context.logger)
         let api = ListeningPort("api")
-        return ServiceParts(handler: EnvelopeStage(codec: context.codec, handler: AlertStore(context: context, live: live)),
+        // Storing an alert is two database round trips; offers to different technicians
+        // (the Kafka key) are stored at once, each technician's in order.
+        return ServiceParts(handler: ConcurrentEnvelopeStage(codec: context.codec, handler: AlertStore(context: context, live: live),
+                                                             concurrency: 16),
                             services: [live, TechnicianAPI(context: context, port: port, live: live, onRunning: { api.listening(on: $0) })],
                             readiness: [api.check])
     }
