@@ -41,6 +41,8 @@ public struct MatcherHandler: MessageHandler {
         case missing
         /// The batch query failed: `handle` looks the token up alone (and is retried).
         case notLookedUp
+
+        var record: EncryptedRecord? { if case .found(let record) = self { record } else { nil } }
     }
 
     let codec: EnvelopeCodec
@@ -89,25 +91,10 @@ public struct MatcherHandler: MessageHandler {
                 Input(envelope: envelope, token: token, access: access, lookup: found.map { $0[token.token].map(Lookup.found) ?? .missing } ?? .notLookedUp)
             }
         }
-        // The outputs of every looked-up token, sealed in parallel; `handle` hands them over in order.
-        var ready: [Int] = []
-        var outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)] = []
-        for (index, result) in inputs.enumerated() {
-            guard case .success(let input) = result else { continue }
-            let record: EncryptedRecord?
-            switch input.lookup {
-            case .found(let found): record = found
-            case .missing: record = nil
-            case .notLookedUp: continue
-            }
-            ready.append(index)
-            outputs.append((draft(input, record: record), Topic.inquiriesMatched.name, batch[index].key))
-        }
-        for (index, sealed) in zip(ready, await codec.messages(outputs)) {
-            guard case .success(let output) = sealed, case .success(var input) = inputs[index] else { continue }
-            input.output = output
-            inputs[index] = .success(input)
-        }
+        await codec.sealOutputs(of: &inputs, { input, index in
+            if case .notLookedUp = input.lookup { return nil }
+            return (draft(input, record: input.lookup.record), Topic.inquiriesMatched.name, batch[index].key)
+        }, store: { $0.output = $1 })
         return inputs
     }
 
@@ -115,11 +102,10 @@ public struct MatcherHandler: MessageHandler {
 
     public func handle(_ input: Input, message: KafkaMessage) async throws -> [OutgoingMessage] {
         if let output = input.output { return [output] }
-        let record: EncryptedRecord?
-        switch input.lookup {
-        case .found(let found): record = found
-        case .missing: record = nil
-        case .notLookedUp: record = try await lookup([input.token.token])[input.token.token]
+        let record = if case .notLookedUp = input.lookup {
+            try await lookup([input.token.token])[input.token.token]
+        } else {
+            input.lookup.record
         }
         return [try codec.message(draft(input, record: record), topic: Topic.inquiriesMatched.name, key: message.key)]
     }

@@ -127,19 +127,9 @@ public struct MergerHandler: MessageHandler {
             }
         }
         guard settings.publish else { return inputs }
-        // The insights, sealed to the providers in parallel; `handle` hands them over in order.
-        var ready: [Int] = []
-        var outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)] = []
-        for (index, result) in inputs.enumerated() {
-            guard case .success(let input) = result, let merged = input.merged else { continue }
-            ready.append(index)
-            outputs.append((draft(input.envelope, merged), Topic.insights.name, merged.key))
-        }
-        for (index, sealed) in zip(ready, await codec.messages(outputs)) {
-            guard case .success(let output) = sealed, case .success(var input) = inputs[index] else { continue }
-            input.output = output
-            inputs[index] = .success(input)
-        }
+        await codec.sealOutputs(of: &inputs, { input, _ in
+            input.merged.map { (draft(input.envelope, $0), Topic.insights.name, $0.key) }
+        }, store: { $0.output = $1 })
         return inputs
     }
 

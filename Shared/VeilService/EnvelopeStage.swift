@@ -23,9 +23,12 @@ public struct EnvelopeCodec: Sendable {
     /// Seals and signs `draft` into a Kafka message: the envelope as value, its header
     /// mirrored into CloudEvents headers, keyed by `key` (the inquiry or request id).
     public func message(_ draft: EnvelopeDraft, topic: String, key: [UInt8]?) throws(EnvelopeError) -> OutgoingMessage {
-        let sealed = try sealer.seal(draft)
-        return OutgoingMessage(topic: topic, key: key, value: sealed.bytes,
-                               headers: sealed.kafkaHeaders.map { KafkaHeader(name: $0.0, value: $0.1) })
+        Self.outgoing(try sealer.seal(draft), topic: topic, key: key)
+    }
+
+    private static func outgoing(_ sealed: SealedEnvelope, topic: String, key: [UInt8]?) -> OutgoingMessage {
+        OutgoingMessage(topic: topic, key: key, value: sealed.bytes,
+                        headers: sealed.kafkaHeaders.map { KafkaHeader(name: $0.0, value: $0.1) })
     }
 
     /// `message(_:topic:key:)` for a batch's outputs, sealed and signed across all cores;
@@ -35,10 +38,28 @@ public struct EnvelopeCodec: Sendable {
         guard !outputs.isEmpty else { return [] }
         let sealed = await sealer.sealBatch(outputs.map(\.draft))
         return zip(outputs, sealed).map { output, result in
-            result.map { sealed in
-                OutgoingMessage(topic: output.topic, key: output.key, value: sealed.bytes,
-                                headers: sealed.kafkaHeaders.map { KafkaHeader(name: $0.0, value: $0.1) })
-            }
+            result.map { Self.outgoing($0, topic: output.topic, key: output.key) }
+        }
+    }
+
+    /// For a `prepare` step: makes the output of every input `make` returns a draft for,
+    /// all sealed at once across cores (`messages`), and stores each in its input with
+    /// `store`, for `handle` to hand over in order. An input whose draft does not seal keeps
+    /// none, and `handle` makes it itself (with the stage's retries and dead letters).
+    public func sealOutputs<Input>(of inputs: inout [Result<Input, StageError>],
+                                   _ make: (Input, Int) -> (draft: EnvelopeDraft, topic: String, key: [UInt8]?)?,
+                                   store: (inout Input, OutgoingMessage) -> Void) async {
+        var indices: [Int] = []
+        var outputs: [(draft: EnvelopeDraft, topic: String, key: [UInt8]?)] = []
+        for (index, result) in inputs.enumerated() {
+            guard case .success(let input) = result, let output = make(input, index) else { continue }
+            indices.append(index)
+            outputs.append(output)
+        }
+        for (index, sealed) in zip(indices, await messages(outputs)) {
+            guard case .success(let output) = sealed, case .success(var input) = inputs[index] else { continue }
+            store(&input, output)
+            inputs[index] = .success(input)
         }
     }
 
