@@ -85,8 +85,8 @@ struct KafkaBenchmark: AsyncParsableCommand {
             }
             for side in order {
                 progress(" consuming with \(side)")
-                let cpu = processCPUSeconds()
-                defer { if debug { progress(String(format: " [cpu %.2fs]", processCPUSeconds() - cpu)) } }
+                let cpu = processCPUSeconds(), faults = processMinorFaults()
+                defer { if debug { progress(String(format: " [cpu %.2fs, %d page faults]", processCPUSeconds() - cpu, processMinorFaults() - faults)) } }
                 if side == "C" {
                     cConsume = veil_baseline_consume(bootstrap, cTopic, "bench.c.\(tag)", Int64(messages), Int32(fetchQueueKbytes))
                     guard cConsume > 0 else { throw ValidationError("baseline consume failed") }
@@ -186,6 +186,13 @@ func processCPUSeconds() -> Double {
     getrusage(RUSAGE_SELF.rawValue, &usage)
     func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
     return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Minor page faults of this process so far (fresh memory touched for the first time).
+func processMinorFaults() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_minflt
 }
 
 /// Progress on standard error, unbuffered, so a long run shows where it is.

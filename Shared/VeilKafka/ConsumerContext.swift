@@ -3,13 +3,30 @@ import Dispatch
 import Logging
 import Synchronization
 
+/// A message as librdkafka fetched it, not yet copied: the poll thread hands these over
+/// and the reading task copies them into `KafkaMessage`s. So a message's bytes are
+/// allocated, read and freed on the reader's thread (one thread's malloc cache, no
+/// reference count shared between threads), and the poll thread only moves pointers,
+/// as a plain C loop would. Each is destroyed exactly once: by the reader that copied
+/// it, by `revoked`, or by `discardBuffered` before the client is destroyed.
+struct FetchedMessage: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<rd_kafka_message_t>
+
+    var topicPartition: TopicPartition {
+        TopicPartition(topic: pointer.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "",
+                       partition: pointer.pointee.partition)
+    }
+
+    func destroy() { rd_kafka_message_destroy(pointer) }
+}
+
 /// The hand-off between a consumer's poll thread and the tasks reading its messages,
 /// and the group state that librdkafka's rebalance callback updates.
 final class ConsumerContext: ClientContext, @unchecked Sendable {
     struct State {
-        var batches: [[KafkaMessage]] = []
+        var batches: [[FetchedMessage]] = []
         var buffered = 0
-        var waiters: [(id: UInt64, continuation: CheckedContinuation<Result<[KafkaMessage]?, KafkaError>, Never>)] = []
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Result<[FetchedMessage]?, KafkaError>, Never>)] = []
         var nextWaiterID: UInt64 = 0
         var finished = false
         var failure: KafkaError?
@@ -49,8 +66,8 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
         return false
     }
 
-    func deliver(_ batch: [KafkaMessage]) {
-        let waiter: CheckedContinuation<Result<[KafkaMessage]?, KafkaError>, Never>? = state.withLock { s in
+    func deliver(_ batch: [FetchedMessage]) {
+        let waiter: CheckedContinuation<Result<[FetchedMessage]?, KafkaError>, Never>? = state.withLock { s in
             if !s.waiters.isEmpty { return s.waiters.removeFirst().continuation }
             s.batches.append(batch)
             s.buffered += batch.count
@@ -72,7 +89,7 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
             defer { s.waiters.removeAll() }
             return s.waiters
         }
-        let result: Result<[KafkaMessage]?, KafkaError> = failure.map { .failure($0) } ?? .success(nil)
+        let result: Result<[FetchedMessage]?, KafkaError> = failure.map { .failure($0) } ?? .success(nil)
         waiters.forEach { $0.continuation.resume(returning: result) }
         room.signal()
     }
@@ -82,17 +99,30 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
     func revoked(_ partitions: Set<TopicPartition>) {
         let dropped = state.withLock { s in
             s.assignment.subtract(partitions)
-            var dropped = 0
+            var dropped: [FetchedMessage] = []
             s.batches = s.batches.compactMap { batch in
-                let kept = batch.filter { !partitions.contains($0.topicPartition) }
-                dropped += batch.count - kept.count
+                var kept: [FetchedMessage] = []
+                for message in batch {
+                    if partitions.contains(message.topicPartition) { dropped.append(message) } else { kept.append(message) }
+                }
                 return kept.isEmpty ? nil : kept
             }
-            s.buffered -= dropped
+            s.buffered -= dropped.count
             return dropped
         }
+        dropped.forEach { $0.destroy() }
         logger.info("partitions revoked", metadata: ["partitions": "\(partitions.map(\.description).sorted())",
-                                                      "dropped.unprocessed": "\(dropped)"])
+                                                      "dropped.unprocessed": "\(dropped.count)"])
+    }
+
+    /// Destroys every message still buffered, once the poll thread has stopped and
+    /// before the client is destroyed (which waits for its messages to be let go).
+    func discardBuffered() {
+        let left = state.withLock { s in
+            defer { s.batches.removeAll(); s.buffered = 0 }
+            return s.batches
+        }
+        for batch in left { batch.forEach { $0.destroy() } }
     }
 
     func assigned(_ partitions: Set<TopicPartition>) {
@@ -102,39 +132,62 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
 
     // MARK: Application side
 
+    /// The next batch, copied out of librdkafka on the calling task's thread.
     func take() async throws(KafkaError) -> [KafkaMessage]? {
-        enum Immediate { case batch([KafkaMessage]), end(KafkaError?), wait(UInt64) }
+        guard let fetched = try await takeFetched() else { return nil }
+        return KafkaMessage.copying(fetched)
+    }
+
+    private enum Ready { case batch([FetchedMessage]), end(KafkaError?) }
+
+    /// What a reader gets without waiting, if anything: the end, or everything queued up
+    /// to `maxBatch` (not just the poll thread's first hand-off: when the application falls
+    /// behind, batches grow, fewer round trips per message, instead of staying as small as
+    /// each fetch was, one message per partition and fetch on some brokers).
+    private func ready(_ s: inout State) -> Ready? {
+        if s.finished { return .end(s.failure) }
+        guard !s.batches.isEmpty else { return nil }
+        var batch = s.batches[0]
+        var merged = 1
+        while merged < s.batches.count, batch.count + s.batches[merged].count <= maxBatch {
+            batch += s.batches[merged]
+            merged += 1
+        }
+        s.batches.removeFirst(merged)
+        s.buffered -= batch.count
+        return .batch(batch)
+    }
+
+    private func takeFetched() async throws(KafkaError) -> [FetchedMessage]? {
+        // A reader that is behind finds a batch waiting: it takes it without suspending
+        // (no trip through the executor, no hop to another thread).
+        switch state.withLock({ ready(&$0) }) {
+        case .batch(let batch):
+            room.signal()
+            return batch
+        case .end(let failure):
+            if let failure { throw failure }
+            return nil
+        case nil:
+            break
+        }
         let id = state.withLock { s -> UInt64 in s.nextWaiterID += 1; return s.nextWaiterID }
-        let result: Result<[KafkaMessage]?, KafkaError> = await withTaskCancellationHandler {
+        let result: Result<[FetchedMessage]?, KafkaError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                let immediate: Immediate = state.withLock { s in
-                    if s.finished { return .end(s.failure) }
-                    if !s.batches.isEmpty {
-                        // Everything queued up to `maxBatch`, not just the poll thread's first
-                        // hand-off: when the application falls behind, batches grow (fewer
-                        // round trips per message) instead of staying as small as each
-                        // fetch was (one message per partition and fetch, on some brokers).
-                        var batch = s.batches[0]
-                        var merged = 1
-                        while merged < s.batches.count, batch.count + s.batches[merged].count <= maxBatch {
-                            batch += s.batches[merged]
-                            merged += 1
-                        }
-                        s.batches.removeFirst(merged)
-                        s.buffered -= batch.count
-                        return .batch(batch)
-                    }
-                    if s.finished || Task.isCancelled { return .end(s.failure) }
+                // Looked at again under the lock: a batch may have come meanwhile.
+                let now: Ready? = state.withLock { s in
+                    if let ready = ready(&s) { return ready }
+                    if Task.isCancelled { return .end(nil) }
                     s.waiters.append((id, continuation))
-                    return .wait(id)
+                    return nil
                 }
-                switch immediate {
+                switch now {
                 case .batch(let batch):
                     room.signal()
                     continuation.resume(returning: .success(batch))
                 case .end(let failure):
                     continuation.resume(returning: failure.map { .failure($0) } ?? .success(nil))
-                case .wait:
+                case nil:
                     break
                 }
             }

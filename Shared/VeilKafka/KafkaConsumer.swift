@@ -56,12 +56,11 @@ public final class KafkaConsumer: Sendable {
         if !context.closed.load(ordering: .acquiring) { abandon() }
     }
 
-    /// The poll thread: fetch up to `maxBatch` messages, copy them out, hand them over.
+    /// The poll thread: fetch up to `maxBatch` messages and hand them over uncopied
+    /// (the reading task copies them: `ConsumerContext.take`).
     private static func pollLoop(handle: RDKafkaHandle, context: ConsumerContext, maxBatch: Int) {
-        var batch: [KafkaMessage] = []
+        var batch: [FetchedMessage] = []
         batch.reserveCapacity(maxBatch)
-        var topicNames: [OpaquePointer: String] = [:]  // one String per topic, not per message
-        var lastTopic: (handle: OpaquePointer?, name: String) = (nil, "")
         var raws = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: maxBatch)
         guard let queue = rd_kafka_queue_get_consumer(handle.pointer) else { return }
         defer { rd_kafka_queue_destroy(queue) }
@@ -77,31 +76,20 @@ public final class KafkaConsumer: Sendable {
             }
             for i in 0..<(1 + max(0, more)) {
                 guard let raw = raws[i] else { continue }
-                defer { rd_kafka_message_destroy(raw) }
-                let m = raw.pointee
-                if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                    let error = KafkaError(rdkafka: m.err, reason: rd_kafka_message_errstr(raw).map { String(cString: $0) })
+                let err = raw.pointee.err
+                if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    let error = KafkaError(rdkafka: err, reason: rd_kafka_message_errstr(raw).map { String(cString: $0) })
+                    rd_kafka_message_destroy(raw)
                     if error.isFatal {
+                        for later in raws[(i + 1)..<(1 + max(0, more))] { later.map { rd_kafka_message_destroy($0) } }
+                        batch.forEach { $0.destroy() }
                         context.fail(error)
                         return
                     }
                     context.logger.warning("consumer error", metadata: ["error.code": "\(error.code)", "error.reason": "\(error.reason)"])
                     continue
                 }
-                let topic: String
-                if let rkt = m.rkt, rkt == lastTopic.handle {
-                    topic = lastTopic.name
-                } else if let rkt = m.rkt, let known = topicNames[rkt] {
-                    topic = known
-                    lastTopic = (rkt, known)
-                } else {
-                    topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
-                    if let rkt = m.rkt {
-                        topicNames[rkt] = topic
-                        lastTopic = (rkt, topic)
-                    }
-                }
-                batch.append(KafkaMessage(copying: raw, topic: topic))
+                batch.append(FetchedMessage(pointer: raw))
             }
             if !batch.isEmpty {
                 context.deliver(batch)
@@ -257,6 +245,7 @@ public final class KafkaConsumer: Sendable {
         let deadline = DispatchTime.now() + .milliseconds(timeout.milliseconds)
         _ = try? await blocking.run {
             context.pollThreadExited.wait()
+            context.discardBuffered()
             // Asynchronous: the close below waits for it, within the deadline (a synchronous
             // commit waited on an unreachable coordinator without one).
             let err = rd_kafka_commit(handle.pointer, nil, 1)
@@ -309,6 +298,7 @@ public final class KafkaConsumer: Sendable {
         context.stopping.store(true, ordering: .releasing)
         context.finish()
         context.pollThreadExited.wait()
+        context.discardBuffered()
         rd_kafka_destroy_flags(handle.pointer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
     }
 }
@@ -338,9 +328,25 @@ public struct KafkaMessages: AsyncSequence, Sendable {
 }
 
 extension KafkaMessage {
-    /// Copies a message out of librdkafka's buffers. (Lending the fetch buffer instead
-    /// was tried: a message kept past `close()` then pins the client, and
-    /// `rd_kafka_destroy` waits for it forever.)
+    /// Copies fetched messages out of librdkafka's buffers and lets the originals go.
+    /// (Lending the fetch buffer instead was tried: a message kept past `close()` then
+    /// pins the client, and `rd_kafka_destroy` waits for it forever.) A batch holds few
+    /// topics, usually one: each topic's name becomes one `String` per batch.
+    static func copying(_ fetched: [FetchedMessage]) -> [KafkaMessage] {
+        var messages: [KafkaMessage] = []
+        messages.reserveCapacity(fetched.count)
+        var lastTopic: (handle: OpaquePointer?, name: String) = (nil, "")
+        for message in fetched {
+            let raw = message.pointer
+            if let rkt = raw.pointee.rkt, rkt != lastTopic.handle {
+                lastTopic = (rkt, String(cString: rd_kafka_topic_name(rkt)))
+            }
+            messages.append(KafkaMessage(copying: raw, topic: raw.pointee.rkt == nil ? "" : lastTopic.name))
+            rd_kafka_message_destroy(raw)
+        }
+        return messages
+    }
+
     init(copying raw: UnsafeMutablePointer<rd_kafka_message_t>, topic: String) {
         let m = raw.pointee
         let value = m.payload.map { copyBytes($0, m.len) } ?? []
@@ -365,14 +371,13 @@ extension KafkaMessage {
     }
 }
 
-/// A byte array copied from C memory with one allocation and one `memcpy` (the generic
-/// `Array(UnsafeRawBufferPointer)` initializer copies through the collection protocols).
+/// A byte array copied from C memory. `Array(UnsafeRawBufferPointer)` is specialized
+/// here and copies with one `memcpy`; `Array(unsafeUninitializedCapacity:)` called
+/// libswiftCore's unspecialized buffer initializer, which looked up the array's generic
+/// metadata on every message (a quarter of the poll thread's time in `veil-bench kafka`).
 @inline(__always)
 private func copyBytes(_ start: UnsafeRawPointer, _ count: Int) -> [UInt8] {
-    [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-        if count > 0 { buffer.baseAddress!.initialize(from: start.assumingMemoryBound(to: UInt8.self), count: count) }
-        initialized = count
-    }
+    [UInt8](UnsafeRawBufferPointer(start: start, count: count))
 }
 
 extension Duration {

@@ -101,6 +101,32 @@ struct KafkaRoundTripTests {
         await producer.close()
     }
 
+    /// The poll thread hands librdkafka's messages over uncopied and the reader copies them;
+    /// librdkafka's destroy waits for every message it handed out, so a consumer that let
+    /// buffered ones leak would never finish closing.
+    @Test("messages still buffered when a consumer closes or is abandoned are let go; taken ones stay readable")
+    func bufferedMessagesAtClose() async throws {
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 1)
+        let producer = try kafka.producer()
+        try await producer.send(batch: (0..<200).map { OutgoingMessage(topic: topic, value: Array(String($0).utf8)) })
+        for ending in ["close", "abandon"] {
+            let consumer = try kafka.consumer(group: ending, topics: [topic]) { $0.maxBatchSize = 10 }
+            let first = try await within(30, "a first batch") { try #require(try await consumer.nextBatch()) }
+            try await within(30, "buffered messages") {
+                while consumer.context.buffered.messages < 150 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            try await within(20, "the consumer to \(ending) with 150 messages buffered") {
+                if ending == "close" { await consumer.close() } else { consumer.abandon() }
+            }
+            #expect(consumer.context.buffered.messages == 0)
+            // Copies: readable after their client is gone.
+            #expect(first.map { String(decoding: $0.value, as: UTF8.self) } == (0..<10).map(String.init), "after \(ending)")
+            #expect(first.allSatisfy { $0.topic == topic })
+        }
+        await producer.close()
+    }
+
     @Test("the consumer's messages can be read as an AsyncSequence")
     func asyncSequence() async throws {
         let kafka = try KafkaFixture()
