@@ -51,7 +51,7 @@ struct KafkaBenchmark: AsyncParsableCommand {
         print("veil-bench kafka: \(messages) messages of \(size) bytes, brokers \(bootstrap), \(rounds) round(s)")
 
         guard rounds >= 2, rounds % 2 == 0 else { throw ValidationError("--rounds must be even (each side goes first as often)") }
-        var times = (cProduce: [Double](), veilProduce: [Double](), cConsume: [Double](), veilConsume: [Double]())
+        var times = (cProduce: [Double](), veilProduce: [Double](), cConsume: [Double](), veilConsume: [Double](), veilCopies: [Double]())
         for round in 1...rounds {
             let tag = UUID().uuidString.prefix(8)
             let cTopic = "bench.c.\(tag)", veilTopic = "bench.veil.\(tag)"
@@ -68,7 +68,7 @@ struct KafkaBenchmark: AsyncParsableCommand {
             // Both consumers read the same records, the C producer's topic, each with a
             // group of its own, so consuming compares the layers, not how the producers batched.
             let order = round % 2 == 1 ? ["C", "Veil"] : ["Veil", "C"]
-            var cProduce = 0.0, veilProduce = 0.0, cConsume = 0.0, veilConsume = 0.0
+            var cProduce = 0.0, veilProduce = 0.0, cConsume = 0.0, veilConsume = 0.0, veilCopies = 0.0
             progress("round \(round):")
             let debug = ProcessInfo.processInfo.environment["VEIL_BENCH_DEBUG"] != nil
             for side in order {
@@ -83,21 +83,28 @@ struct KafkaBenchmark: AsyncParsableCommand {
                 }
                 progress(String(format: " %.2fs;", side == "C" ? cProduce : veilProduce))
             }
-            for side in order {
+            // Three readers of the same records: the C loop, VeilKafka's lent batches
+            // (`withNextBatch`, the layer's zero-copy read) and its owned copies (`nextBatch`,
+            // each message copied into a `KafkaMessage`). Who reads first rotates by round.
+            let readers = ["C", "Veil", "Veil copies"]
+            let consumeOrder = (0..<3).map { readers[($0 + round - 1) % 3] }
+            for side in consumeOrder {
                 progress(" consuming with \(side)")
                 let cpu = processCPUSeconds(), faults = processMinorFaults()
                 defer { if debug { progress(String(format: " [cpu %.2fs, %d page faults]", processCPUSeconds() - cpu, processMinorFaults() - faults)) } }
                 if side == "C" {
                     cConsume = veil_baseline_consume(bootstrap, cTopic, "bench.c.\(tag)", Int64(messages), Int32(fetchQueueKbytes))
                     guard cConsume > 0 else { throw ValidationError("baseline consume failed") }
+                } else if side == "Veil" {
+                    veilConsume = try await consumeWithVeil(bootstrap, topic: cTopic, group: "bench.veil.\(tag)", lent: true, logger: logger)
                 } else {
-                    veilConsume = try await consumeWithVeil(bootstrap, topic: cTopic, group: "bench.veil.\(tag)", logger: logger)
+                    veilCopies = try await consumeWithVeil(bootstrap, topic: cTopic, group: "bench.copies.\(tag)", lent: false, logger: logger)
                 }
-                progress(String(format: " %.2fs;", side == "C" ? cConsume : veilConsume))
+                progress(String(format: " %.2fs;", side == "C" ? cConsume : side == "Veil" ? veilConsume : veilCopies))
             }
             progress("\n")
             times.cProduce.append(cProduce); times.veilProduce.append(veilProduce)
-            times.cConsume.append(cConsume); times.veilConsume.append(veilConsume)
+            times.cConsume.append(cConsume); times.veilConsume.append(veilConsume); times.veilCopies.append(veilCopies)
         }
         let n = Double(messages)
         func rate(_ seconds: Double) -> String { String(format: "%10.0f msg/s %7.1f MB/s", n / seconds, n * Double(size) / seconds / 1e6) }
@@ -107,14 +114,16 @@ struct KafkaBenchmark: AsyncParsableCommand {
         }
         func line(_ name: String, _ c: [Double], _ veil: [Double]) -> String {
             let best = (c: c.min()!, veil: veil.min()!)
-            return "\(name)   \(rate(best.c))   \(rate(best.veil))   " + String(format: "%.2f", best.c / best.veil)
+            return "\(name.padding(toLength: 16, withPad: " ", startingAt: 0))\(rate(best.c))   \(rate(best.veil))   " + String(format: "%.2f", best.c / best.veil)
                 + String(format: "     (medians: C %.2f s, Veil %.2f s, ratio %.2f)", median(c), median(veil), median(c) / median(veil))
         }
         print("")
         print("best of \(rounds) rounds")
-        print("             plain librdkafka (C)          VeilKafka                     ratio (target >= 0.90)")
+        print("                plain librdkafka (C)          VeilKafka                     ratio (target >= 0.90)")
         print(line("produce", times.cProduce, times.veilProduce))
         print(line("consume", times.cConsume, times.veilConsume))
+        print(line("consume, copies", times.cConsume, times.veilCopies))
+        print("(consume: lent batches, withNextBatch; consume, copies: nextBatch, each message copied into a KafkaMessage)")
         withExtendedLifetime(embedded) {}
     }
 
@@ -134,7 +143,9 @@ struct KafkaBenchmark: AsyncParsableCommand {
         return elapsed.seconds
     }
 
-    private func consumeWithVeil(_ bootstrap: String, topic: String, group: String, logger: Logger) async throws -> Double {
+    /// Reads the million with lent batches (`withNextBatch`) or owned copies (`nextBatch`),
+    /// summing the payloads' sizes either way and marking each batch processed.
+    private func consumeWithVeil(_ bootstrap: String, topic: String, group: String, lent: Bool, logger: Logger) async throws -> Double {
         let kafka = KafkaConfiguration(bootstrapServers: bootstrap, clientID: "bench",
                                        properties: ["queued.max.messages.kbytes": String(fetchQueueKbytes)])
         let configuration = ConsumerConfiguration(kafka: kafka, groupID: group, topics: [topic])
@@ -156,16 +167,27 @@ struct KafkaBenchmark: AsyncParsableCommand {
         var start: ContinuousClock.Instant?
         var gaps: [String] = []
         var last = ContinuousClock.now
-        while received < messages, let batch = try await consumer.nextBatch() {
+        func arrived(_ count: Int) {
             if start == nil { start = .now }
             let now = ContinuousClock.now
             if now - last > .milliseconds(200) { gaps.append("\(received)@\((now - last).seconds)") }
             last = now
-            for message in batch { bytes += message.value.count }
-            received += batch.count
+            received += count
             batches += 1
-            progressMark.store(batches, ordering: .relaxed)
-            consumer.markProcessed(batch)
+        }
+        if lent {
+            while received < messages, let _ = try await consumer.withNextBatch({ batch in
+                arrived(batch.count)
+                for message in batch { bytes += message.value.count }
+                consumer.markProcessed(batch)
+            }) { progressMark.store(batches, ordering: .relaxed) }
+        } else {
+            while received < messages, let batch = try await consumer.nextBatch() {
+                arrived(batch.count)
+                for message in batch { bytes += message.value.count }
+                consumer.markProcessed(batch)
+                progressMark.store(batches, ordering: .relaxed)
+            }
         }
         let elapsed = ContinuousClock.now - (start ?? .now)
         watchdog.cancel()

@@ -160,13 +160,11 @@ final class PendingLookups: Sendable {
     /// with the number of replicas. The key only selects what to verify: what a reply
     /// answers is read from its verified content. A reply without a key is verified; one
     /// to a lookup that already ended here (timed out, cancelled) is not.
-    func addressedHere(_ batch: [KafkaMessage]) -> [KafkaMessage] {
-        state.withLock { state in
-            batch.filter { message in
-                guard let key = message.key else { return true }
-                return state.slots[String(decoding: key, as: UTF8.self)] != nil
-            }
-        }
+    /// `key` reads a message's Kafka key as text (`nil` for none).
+    func addressedHere<Batch: Collection>(_ batch: Batch, key: (Batch.Element) -> String?) -> [Batch.Element] {
+        let keys = batch.map(key)
+        let wanted = state.withLock { state in keys.map { key in key.map { state.slots[$0] != nil } ?? true } }
+        return zip(batch, wanted).filter(\.1).map(\.0)
     }
 }
 
@@ -214,9 +212,15 @@ struct PosReplyFollower: Service {
         let sweeper = Task { await pending.sweep() }
         defer { sweeper.cancel() }
         try await withGracefulShutdownHandler {
-            while let batch = try await consumer.nextBatch() {
-                let mine = pending.addressedHere(batch)
+            // Replies are lent, not copied: only those keyed for this replica are copied out.
+            // The batch is marked at once: the group is this replica's own and starts at the
+            // end (`startsAtEnd`), so its offsets are never read back.
+            while let mine = try await consumer.withNextBatch({ batch in
+                let mine = pending.addressedHere(batch) { $0.key.map { String(decoding: $0, as: UTF8.self) } }.map { $0.copy() }
                 count("skipped", batch.count - mine.count)
+                consumer.markProcessed(batch)
+                return mine
+            }) {
                 for (message, result) in zip(mine, await codec.verify(mine)) {
                     switch result {
                     case .success(let envelope):
@@ -234,7 +238,6 @@ struct PosReplyFollower: Service {
                         count("rejected")
                     }
                 }
-                consumer.markProcessed(batch)
             }
         } onGracefulShutdown: {
             consumer.stopReading()

@@ -158,7 +158,7 @@ final class ConsumerContext: ClientContext, @unchecked Sendable {
         return .batch(batch)
     }
 
-    private func takeFetched() async throws(KafkaError) -> [FetchedMessage]? {
+    func takeFetched() async throws(KafkaError) -> [FetchedMessage]? {
         // A reader that is behind finds a batch waiting: it takes it without suspending
         // (no trip through the executor, no hop to another thread).
         switch state.withLock({ ready(&$0) }) {

@@ -109,7 +109,42 @@ public final class KafkaConsumer: Sendable {
         try await context.take()
     }
 
+    /// Lends the next batch to `body` without copying it (`KafkaMessageView`), waiting for at
+    /// least one message, and destroys librdkafka's messages when `body` returns or throws.
+    /// Returns `body`'s result, or `nil` (without calling it) once the consumer is closed or
+    /// the task is cancelled. The views must not leave `body`; `copy()` the ones to keep.
+    public func withNextBatch<R>(_ body: (KafkaBatchView) throws -> R) async throws -> R? {
+        guard let fetched = try await context.takeFetched() else { return nil }
+        defer { for message in fetched { message.destroy() } }
+        return try body(KafkaBatchView(fetched: fetched))
+    }
+
     // MARK: Offsets
+
+    /// Marks a lent batch processed: the highest offset per partition, stored without
+    /// building a `String` per topic.
+    @discardableResult
+    public func markProcessed(_ batch: KafkaBatchView) -> Bool {
+        var highest: [(topic: OpaquePointer, partition: Int32, offset: Int64)] = []
+        for message in batch.fetched {
+            let m = message.pointer.pointee
+            guard let rkt = m.rkt else { continue }
+            if let last = highest.indices.last, highest[last].partition == m.partition, highest[last].topic == rkt {
+                highest[last].offset = max(highest[last].offset, m.offset + 1)
+            } else if let i = highest.firstIndex(where: { $0.partition == m.partition && $0.topic == rkt }) {
+                highest[i].offset = max(highest[i].offset, m.offset + 1)
+            } else {
+                highest.append((rkt, m.partition, m.offset + 1))
+            }
+        }
+        guard !highest.isEmpty else { return true }
+        let list = rd_kafka_topic_partition_list_new(Int32(highest.count))!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for (rkt, partition, offset) in highest {
+            rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(rkt), partition).pointee.offset = offset
+        }
+        return storeList(list)
+    }
 
     /// Records that `message` and everything before it in its partition is done.
     /// The offset is committed with the next background or explicit commit.
@@ -145,6 +180,10 @@ public final class KafkaConsumer: Sendable {
         for (topic, partition, offset) in offsets {
             rd_kafka_topic_partition_list_add(list, topic, partition).pointee.offset = offset
         }
+        return storeList(list)
+    }
+
+    private func storeList(_ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) -> Bool {
         let err = rd_kafka_offsets_store(handle.pointer, list)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { return false }
         for i in 0..<Int(list.pointee.cnt) where list.pointee.elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR {

@@ -127,6 +127,91 @@ struct KafkaRoundTripTests {
         await producer.close()
     }
 
+    @Test("a lent batch reads keys, values and headers in place, copies on request, and commits what it marks")
+    func lentBatches() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic(partitions: 3)
+        let producer = try kafka.producer()
+        func message(_ i: Int) -> OutgoingMessage {
+            let key: [UInt8]? = i % 5 == 0 ? nil : "k\(i)".bytes
+            let headers = [KafkaHeader(name: "n", string: "\(i)"), KafkaHeader(name: "n", string: "last-\(i)")]
+            return OutgoingMessage(topic: topic, key: key, value: "\(i)".bytes, headers: headers, partition: Int32(i % 3))
+        }
+        try await producer.send(batch: (0..<30).map(message))
+        /// What a body read from one view, in place, and the copy it made.
+        struct Read: Sendable {
+            var value: [UInt8], key: [UInt8]?, lastHeader: [UInt8]?, absentHeader: Bool
+            var topic: String, stamped: Bool, copy: KafkaMessage, partition: Int32, offset: Int64
+        }
+        let consumer = try kafka.consumer(group: "lent", topics: [topic])
+        var reads: [Read] = []
+        while reads.count < 30 {
+            reads += try await within(30, "a lent batch") {
+                try #require(try await consumer.withNextBatch { batch in
+                    batch.map { view in
+                        Read(value: Array(view.value), key: view.key.map { Array($0) }, lastHeader: view.header("n").map { Array($0) },
+                             absentHeader: view.header("absent") == nil, topic: view.topic, stamped: view.timestampMilliseconds > 0,
+                             copy: view.copy(), partition: view.partition, offset: view.offset)
+                    }
+                })
+            }
+        }
+        var ends: [TopicPartition: Int64] = [:]
+        for read in reads {
+            let i = Int(String(decoding: read.value, as: UTF8.self))!
+            let sent = message(i)
+            #expect(read.key == sent.key && read.partition == sent.partition)
+            #expect(read.lastHeader == "last-\(i)".bytes, "the last header of that name")
+            #expect(read.absentHeader && read.topic == topic && read.stamped)
+            #expect(read.copy.value == sent.value && read.copy.key == sent.key && read.copy.headers == sent.headers)
+            #expect(read.copy.offset == read.offset && read.copy.topic == topic)
+            let partition = TopicPartition(topic: topic, partition: read.partition)
+            ends[partition] = max(ends[partition] ?? 0, read.offset + 1)
+        }
+        #expect(reads.map { Int(String(decoding: $0.value, as: UTF8.self))! }.sorted() == Array(0..<30))
+        try await consumer.commit()
+        #expect(try await consumer.committedOffsets(Array(ends.keys)).values.allSatisfy { $0 < 0 }, "nothing marked, nothing committed")
+        await consumer.close()
+
+        // The same group again: everything is redelivered; marking the lent batches commits their ends.
+        let again = try kafka.consumer(group: "lent", topics: [topic])
+        var marked = 0
+        while marked < 30 {
+            marked += try await within(30, "a lent batch to mark") {
+                try #require(try await again.withNextBatch { batch in
+                    #expect(again.markProcessed(batch))
+                    return batch.count
+                })
+            }
+        }
+        try await again.commit()
+        #expect(try await again.committedOffsets(Array(ends.keys)) == ends)
+        await again.close()
+        // The copies outlive their client.
+        #expect(reads.map { String(decoding: $0.copy.value, as: UTF8.self) }.sorted() == (0..<30).map(String.init).sorted())
+        await producer.close()
+    }
+
+    /// librdkafka's destroy waits for every message it handed out: a lent batch must be let
+    /// go however its body ends, or the consumer never finishes closing.
+    @Test("a lent batch is let go when its body throws, and reading ends when the consumer stops")
+    func lentBatchBodyThrows() async throws {
+        struct Refused: Error {}
+        let kafka = try KafkaFixture(brokers: 1)
+        let topic = try kafka.topic(partitions: 1)
+        let producer = try kafka.producer()
+        try await producer.send(batch: (0..<20).map { OutgoingMessage(topic: topic, value: [UInt8($0)]) })
+        let consumer = try kafka.consumer(group: "g", topics: [topic])
+        await #expect(throws: Refused.self) {
+            _ = try await within(30, "a lent batch") { try await consumer.withNextBatch { _ in throw Refused() } }
+        }
+        consumer.stopReading()
+        let after = try await within(30, "the end of reading") { try await consumer.withNextBatch { $0.count } }
+        #expect(after == nil, "no batch once reading stopped")
+        try await within(20, "the consumer to close after a body threw") { await consumer.close() }
+        await producer.close()
+    }
+
     @Test("the consumer's messages can be read as an AsyncSequence")
     func asyncSequence() async throws {
         let kafka = try KafkaFixture()
