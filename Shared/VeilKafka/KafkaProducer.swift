@@ -34,8 +34,19 @@ public final class KafkaProducer: Service, Sendable {
         let handle = self.handle, context = self.context
         startPollThread(name: "veil-kprod-poll") {
             while !context.stopping.load(ordering: .acquiring) {
-                rd_kafka_poll(handle.pointer, 50)
-                context.wakeSpaceWaiters()
+                if context.bulkSenders.load(ordering: .relaxed) > 0 {
+                    // A bulk sender serves its reports itself (`BatchSend`). Blocking in
+                    // the poll would have librdkafka's broker threads wake this thread for
+                    // every report batch, and the acknowledged messages freed here, away from
+                    // the thread that allocated them; a look every millisecond serves the
+                    // other senders' reports meanwhile.
+                    rd_kafka_poll(handle.pointer, 0)
+                    context.wakeSpaceWaiters()
+                    usleep(1000)
+                } else {
+                    rd_kafka_poll(handle.pointer, 50)
+                    context.wakeSpaceWaiters()
+                }
             }
             context.pollThreadExited.signal()
         }
@@ -107,18 +118,28 @@ public final class KafkaProducer: Service, Sendable {
     /// the ticket keeps the sender off the ticket's reference count, which the poll thread
     /// touches per report: measured, a retain and release per message on both threads
     /// cost a shared cache line per message.
-    func offer(_ message: OutgoingMessage, topic: RDKafkaTopic, opaque: UnsafeMutableRawPointer) throws(KafkaError) -> Bool {
+    func offer(_ message: OutgoingMessage, topic: RDKafkaTopic, opaque: UnsafeMutableRawPointer,
+               servingReports: Bool = false) throws(KafkaError) -> Bool {
         // `close` waits for offers under way before it serves the last reports, so no
         // message reaches librdkafka after that and waits for a report forever.
         context.offering.add(1, ordering: .sequentiallyConsistent)
         defer { context.offering.subtract(1, ordering: .sequentiallyConsistent) }
         guard !context.stopping.load(ordering: .sequentiallyConsistent) else { throw .closed() }
         let err = produce(message, topic: topic, opaque: opaque)
+        if servingReports { serveReports() }
         switch err {
         case RD_KAFKA_RESP_ERR_NO_ERROR: return true
         case RD_KAFKA_RESP_ERR__QUEUE_FULL: return false
         default: throw KafkaError(rdkafka: err)
         }
+    }
+
+    /// Serves the delivery reports already waiting, on the calling thread, without blocking
+    /// (inside an offer, so never after `close` destroyed the client), as a C producer loop
+    /// does between messages: librdkafka frees each acknowledged message where its report
+    /// is served, here on the thread that allocated it.
+    private func serveReports() {
+        if rd_kafka_poll(handle.pointer, 0) > 0 { context.wakeSpaceWaiters() }
     }
 
     private func produce(_ message: OutgoingMessage, topic: RDKafkaTopic, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t {
@@ -296,10 +317,30 @@ struct BatchSend {
             ticket.reserve(1024)
             reserved = 1024
         }
-        guard try producer.offer(message, topic: topic!.handle, opaque: opaque) else { return false }
+        guard try producer.offer(message, topic: topic!.handle, opaque: opaque, servingReports: bulk && total & 63 == 63) else { return false }
         reserved -= 1
         total += 1
+        if total == Self.bulkThreshold {
+            bulk = true
+            producer.context.bulkSenders.add(1, ordering: .relaxed)
+        }
         return true
+    }
+
+    /// A batch becomes a bulk send after this many messages: from then on it serves delivery
+    /// reports itself every 64 messages and the poll thread stops blocking (see
+    /// `KafkaProducer.init`). A service's batches (a stage's outputs) stay below it, and
+    /// their reports are served the moment they arrive; a bulk exporter or a benchmark
+    /// goes past it, where the wake-ups and cross-thread frees cost ~10 % of the rate
+    /// (measured with `veil-bench kafka --produce-only`, ARCHITECTURE.md §9).
+    static let bulkThreshold = 1024
+    /// Whether this batch counts in `ProducerContext.bulkSenders`.
+    var bulk = false
+
+    /// Leaves bulk mode: the reports still to come are served by the poll thread, blocking
+    /// again, as soon as they arrive. Called before waiting for them, on every way out.
+    mutating func endBulk() {
+        if bulk { producer.context.bulkSenders.subtract(1, ordering: .relaxed); bulk = false }
     }
 
     @usableFromInline
@@ -309,13 +350,15 @@ struct BatchSend {
 
     /// Messages already handed over still report to this ticket: wait for them.
     @usableFromInline
-    func abandon() async {
+    mutating func abandon() async {
+        endBulk()
         ticket.unreserve(reserved)
         _ = await ticket.wait()
     }
 
     @usableFromInline
-    func finish() async throws(KafkaError) {
+    mutating func finish() async throws(KafkaError) {
+        endBulk()
         ticket.unreserve(reserved)
         let outcome = await ticket.wait()
         if let error = outcome.firstError {
@@ -334,6 +377,8 @@ final class ProducerContext: ClientContext, @unchecked Sendable {
     private let spaceWaiters = Mutex<[CheckedContinuation<Void, Never>]>([])
     /// Offers between their `stopping` check and librdkafka taking the message.
     let offering = Atomic<Int>(0)
+    /// Batch sends in bulk mode (`BatchSend.bulkThreshold`), which serve their own reports.
+    let bulkSenders = Atomic<Int>(0)
 
     /// Suspends until the poll thread served delivery reports (room may have appeared), or
     /// at once if the producer is closing: `close` sets `stopping` before it wakes the

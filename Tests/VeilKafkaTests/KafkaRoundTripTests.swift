@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import VeilKafka
 
@@ -244,6 +245,52 @@ struct KafkaRoundTripTests {
         #expect(received.count == 2_000)
         await consumer.close()
         await producer.close()
+    }
+
+    /// Past `BatchSend.bulkThreshold` messages a batch serves its own delivery reports and the
+    /// poll thread stops blocking; other senders' reports must still come, and the producer
+    /// must leave that mode however the batch ends.
+    @Test("a bulk batch serves its own reports: a single send beside it is acknowledged, and bulk mode ends with the batch, also when closing cuts it short")
+    func bulkBatches() async throws {
+        let kafka = try KafkaFixture()
+        let topic = try kafka.topic()
+        let producer = try kafka.producer()
+        let seenInBulk = Atomic<Int>(-1)
+        let batch = Task {
+            try await producer.send(batch: (0..<200_000).lazy.map { i in
+                if i == 5_000 { seenInBulk.store(producer.context.bulkSenders.load(ordering: .relaxed), ordering: .relaxed) }
+                return OutgoingMessage(topic: topic, value: Array(String(i).utf8))
+            })
+        }
+        try await within(30, "the batch's 5,000th message") {
+            while seenInBulk.load(ordering: .relaxed) < 0 { try await Task.sleep(for: .milliseconds(1)) }
+        }
+        #expect(seenInBulk.load(ordering: .relaxed) == 1, "in bulk mode after 1,024 messages")
+        let single = try await within(30, "a single send beside the bulk batch") {
+            try await producer.send(OutgoingMessage(topic: topic, value: "single".bytes))
+        }
+        #expect(single.topic == topic && single.offset >= 0)
+        try await within(60, "the bulk batch, every message acknowledged") { try await batch.value }
+        #expect(producer.context.bulkSenders.load(ordering: .relaxed) == 0)
+
+        await producer.close()
+
+        // Cut short by close while it waits for queue space (nothing is delivered, the queue
+        // holds 2,000): the batch returns with an error and leaves bulk mode.
+        kafka.cluster.setAllDown()
+        let cutting = try kafka.producer { $0.maxQueuedMessages = 2_000 }
+        let cut = Task {
+            try await cutting.send(batch: (0..<50_000).lazy.map { OutgoingMessage(topic: topic, value: [UInt8($0 % 256)]) })
+        }
+        try await within(30, "the second batch to fill the queue in bulk mode") {
+            while cutting.inFlightCount < 2_000 || cutting.context.bulkSenders.load(ordering: .relaxed) == 0 {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        await cutting.close(timeout: .milliseconds(200))
+        let outcome = try await within(30, "the cut batch to return") { await cut.result }
+        #expect(throws: KafkaError.self) { try outcome.get() }
+        #expect(cutting.context.bulkSenders.load(ordering: .relaxed) == 0)
     }
 
     @Test("closing the producer ends a send that waits for queue space with an error, instead of leaving it suspended")
