@@ -4,11 +4,11 @@ import Logging
 import Synchronization
 
 /// A message as librdkafka fetched it, not yet copied: the poll thread hands these over
-/// and the reading task copies them into `KafkaMessage`s. So a message's bytes are
-/// allocated, read and freed on the reader's thread (one thread's malloc cache, no
-/// reference count shared between threads), and the poll thread only moves pointers,
-/// as a plain C loop would. Each is destroyed exactly once: by the reader that copied
-/// it, by `revoked`, or by `discardBuffered` before the client is destroyed.
+/// and the reading task either copies them into `KafkaMessage`s (`nextBatch`) or lends
+/// them to a body (`withNextBatch`). So a message's bytes are read and freed on the
+/// reader's thread, and the poll thread only moves pointers. Each is destroyed exactly
+/// once: by the reader that copied or lent it, by `revoked`, or by `discardBuffered`
+/// before the client is destroyed.
 struct FetchedMessage: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<rd_kafka_message_t>
 

@@ -125,18 +125,10 @@ public final class KafkaConsumer: Sendable {
     /// building a `String` per topic.
     @discardableResult
     public func markProcessed(_ batch: KafkaBatchView) -> Bool {
-        var highest: [(topic: OpaquePointer, partition: Int32, offset: Int64)] = []
-        for message in batch.fetched {
+        let highest = Self.nextOffsets(batch.fetched.lazy.compactMap { message in
             let m = message.pointer.pointee
-            guard let rkt = m.rkt else { continue }
-            if let last = highest.indices.last, highest[last].partition == m.partition, highest[last].topic == rkt {
-                highest[last].offset = max(highest[last].offset, m.offset + 1)
-            } else if let i = highest.firstIndex(where: { $0.partition == m.partition && $0.topic == rkt }) {
-                highest[i].offset = max(highest[i].offset, m.offset + 1)
-            } else {
-                highest.append((rkt, m.partition, m.offset + 1))
-            }
-        }
+            return m.rkt.map { ($0, m.partition, m.offset) }
+        })
         guard !highest.isEmpty else { return true }
         let list = rd_kafka_topic_partition_list_new(Int32(highest.count))!
         defer { rd_kafka_topic_partition_list_destroy(list) }
@@ -158,19 +150,24 @@ public final class KafkaConsumer: Sendable {
     /// Marks a whole batch processed, storing the highest offset per partition.
     @discardableResult
     public func markProcessed(_ batch: [KafkaMessage]) -> Bool {
-        // Batches hold few partitions, usually in runs: a linear scan over them beats
-        // hashing a topic string per message.
-        var highest: [(String, Int32, Int64)] = []
-        for message in batch {
-            if let last = highest.indices.last, highest[last].1 == message.partition, highest[last].0 == message.topic {
-                highest[last].2 = max(highest[last].2, message.offset + 1)
-            } else if let i = highest.firstIndex(where: { $0.1 == message.partition && $0.0 == message.topic }) {
-                highest[i].2 = max(highest[i].2, message.offset + 1)
+        store(Self.nextOffsets(batch.lazy.map { ($0.topic, $0.partition, $0.offset) }))
+    }
+
+    /// The offset to store for each partition in `messages` (topic, partition, offset): one
+    /// past the highest. Batches hold few partitions, usually in runs: a linear scan over
+    /// them beats hashing a topic per message.
+    static func nextOffsets<Topic: Equatable>(_ messages: some Sequence<(Topic, Int32, Int64)>) -> [(Topic, Int32, Int64)] {
+        var highest: [(Topic, Int32, Int64)] = []
+        for (topic, partition, offset) in messages {
+            if let last = highest.indices.last, highest[last].1 == partition, highest[last].0 == topic {
+                highest[last].2 = max(highest[last].2, offset + 1)
+            } else if let i = highest.firstIndex(where: { $0.1 == partition && $0.0 == topic }) {
+                highest[i].2 = max(highest[i].2, offset + 1)
             } else {
-                highest.append((message.topic, message.partition, message.offset + 1))
+                highest.append((topic, partition, offset + 1))
             }
         }
-        return store(highest)
+        return highest
     }
 
     private func store(_ offsets: [(String, Int32, Int64)]) -> Bool {
@@ -367,9 +364,10 @@ public struct KafkaMessages: AsyncSequence, Sendable {
 }
 
 extension KafkaMessage {
-    /// Copies fetched messages out of librdkafka's buffers and lets the originals go.
-    /// (Lending the fetch buffer instead was tried: a message kept past `close()` then
-    /// pins the client, and `rd_kafka_destroy` waits for it forever.) A batch holds few
+    /// Copies fetched messages out of librdkafka's buffers and lets the originals go, for
+    /// `nextBatch()`: owned messages may live anywhere, past `close()` too (a lent message
+    /// kept that long would pin the client: `rd_kafka_destroy` waits for every message, which
+    /// is why `withNextBatch` lends only for the length of its body). A batch holds few
     /// topics, usually one: each topic's name becomes one `String` per batch.
     static func copying(_ fetched: [FetchedMessage]) -> [KafkaMessage] {
         var messages: [KafkaMessage] = []
